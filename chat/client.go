@@ -1,0 +1,350 @@
+package chat
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
+
+	"github.com/pgchat/pgchat/store"
+)
+
+// closeCause ends a connection with a WebSocket close code and reason.
+type closeCause struct {
+	code   websocket.StatusCode
+	reason string
+	flush  bool // write what is queued before closing
+}
+
+func (e *closeCause) Error() string { return e.reason }
+
+var (
+	errSlowConsumer = &closeCause{code: websocket.StatusPolicyViolation, reason: "slow consumer: reconnect and join with since"}
+	errGoingAway    = &closeCause{code: websocket.StatusGoingAway, reason: "server shutting down: reconnect", flush: true}
+	errOutOfSync    = &closeCause{code: websocket.StatusInternalError, reason: "out of sync: reconnect and join with since"}
+	errShuttingDown = errorf(CodeUnavailable, "server is shutting down: reconnect and retry with the same ref")
+)
+
+// client is one WebSocket connection. The handler goroutine runs the read
+// loop and owns joined; one writer goroutine owns writes to conn. Other
+// goroutines (the hub, the batcher) only queue frames with send, which never
+// blocks.
+type client struct {
+	hub     *Hub
+	conn    *websocket.Conn
+	author  string
+	log     *slog.Logger
+	limiter *rate.Limiter
+	joined  map[string]bool // rooms joined; read loop only
+
+	// end asks the writer to close the connection with the cause's code.
+	end func(cause error)
+
+	mu       sync.Mutex // guards the queue and the in-flight count
+	queue    [][]byte   // frames waiting for the writer
+	queued   int        // bytes in queue
+	inflight int        // sends waiting for their ack
+	draining bool       // no new sends; close once inflight is 0
+	wake     chan struct{}
+	space    chan struct{}
+	slots    chan struct{} // bounds inflight: back-pressure on the read loop
+}
+
+func newClient(h *Hub, conn *websocket.Conn, author string) *client {
+	c := &client{
+		hub:    h,
+		conn:   conn,
+		author: author,
+		joined: make(map[string]bool),
+		wake:   make(chan struct{}, 1),
+		space:  make(chan struct{}, 1),
+		slots:  make(chan struct{}, h.opts.MaxInflight),
+	}
+	if h.opts.RateLimit > 0 {
+		c.limiter = rate.NewLimiter(rate.Limit(h.opts.RateLimit), h.opts.RateBurst)
+	}
+	return c
+}
+
+// serve runs the connection until the peer or the server closes it. It
+// returns only after the writer has stopped.
+func (c *client) serve(ctx context.Context, autoJoin []string) {
+	wctx, cancel := context.WithCancelCause(ctx)
+	c.end = cancel
+	if !c.hub.register(c) {
+		cancel(nil)
+		c.conn.Close(websocket.StatusGoingAway, errGoingAway.reason)
+		return
+	}
+	defer c.hub.unregister(c, c.joined) // runs last
+	var wg sync.WaitGroup
+	wg.Go(func() { c.writeLoop(wctx) })
+	defer wg.Wait()   // runs second: don't return before the writer
+	defer cancel(nil) // runs first
+
+	c.send(encode(welcomeFrame{TypeWelcome, c.hub.opts.Instance, c.author}))
+	for _, room := range autoJoin {
+		c.handle(ctx, Frame{Type: TypeJoin, Room: room})
+	}
+	if err := c.readLoop(ctx); err != nil {
+		c.log.Debug("connection ended", "err", err)
+	}
+}
+
+// readLoop reads frames until the connection ends. The writer closes the
+// connection, which is what ends a Read: ctx is never cancelled for that,
+// since cancelling a Read's context drops the connection without a close
+// frame.
+func (c *client) readLoop(ctx context.Context) error {
+	for {
+		typ, data, err := c.conn.Read(ctx)
+		if err != nil {
+			if isNormalEnd(err) {
+				return nil
+			}
+			return err
+		}
+		if typ != websocket.MessageText {
+			c.sendError("", "", errorf(CodeBadRequest, "binary frames are not supported: send JSON text frames"))
+			continue
+		}
+		f, err := DecodeFrame(data, c.hub.opts.MaxMessageBytes)
+		if err != nil {
+			c.sendError(f.Ref, f.Room, err)
+			continue
+		}
+		c.handle(ctx, f)
+	}
+}
+
+func (c *client) handle(ctx context.Context, f Frame) {
+	switch f.Type {
+	case TypeJoin:
+		if c.joined[f.Room] {
+			c.sendError(f.Ref, f.Room, errorf(CodeBadRequest, "already joined %s", f.Room))
+			return
+		}
+		if len(c.joined) >= c.hub.opts.MaxRooms {
+			c.sendError(f.Ref, f.Room, errorf(CodeRateLimited, "a connection may join at most %d rooms", c.hub.opts.MaxRooms))
+			return
+		}
+		if err := c.hub.join(ctx, c, f.Room, f.Since, f.HasSince); err != nil {
+			c.fail(f.Ref, f.Room, "join", err)
+			return
+		}
+		c.joined[f.Room] = true
+	case TypeLeave:
+		if !c.joined[f.Room] || !c.hub.leave(c, f.Room) {
+			c.sendError(f.Ref, f.Room, errorf(CodeNotJoined, "not joined to %s", f.Room))
+			return
+		}
+		delete(c.joined, f.Room)
+		c.send(encode(leftFrame{TypeLeft, f.Room}))
+	case TypeSend:
+		c.submit(ctx, f)
+	}
+}
+
+// submit hands a send to the batcher; the ack or error is queued when the
+// transaction ends.
+func (c *client) submit(ctx context.Context, f Frame) {
+	if !c.joined[f.Room] {
+		c.sendError(f.Ref, f.Room, errorf(CodeNotJoined, "join %s before sending to it", f.Room))
+		return
+	}
+	if c.limiter != nil && !c.limiter.Allow() {
+		c.sendError(f.Ref, f.Room, errorf(CodeRateLimited, "more than %g messages per second: slow down and resend", c.hub.opts.RateLimit))
+		return
+	}
+	select {
+	case c.slots <- struct{}{}: // wait while too many sends are unacked
+	case <-ctx.Done():
+		return
+	}
+	c.mu.Lock()
+	if c.draining {
+		c.mu.Unlock()
+		<-c.slots
+		c.sendError(f.Ref, f.Room, errShuttingDown)
+		return
+	}
+	c.inflight++
+	c.mu.Unlock()
+	msg := store.NewMessage{Room: f.Room, Author: c.author, Body: f.Body, Ref: f.Ref}
+	err := c.hub.batcher.Submit(ctx, msg, func(res store.Result, err error) {
+		if err != nil {
+			c.fail(f.Ref, f.Room, "send", err)
+		} else {
+			c.send(encode(ackFrame{TypeAck, f.Ref, res.Room, res.Seq}))
+		}
+		c.sendDone()
+	})
+	if err != nil {
+		c.fail(f.Ref, f.Room, "send", errShuttingDown)
+		c.sendDone()
+	}
+}
+
+func (c *client) sendDone() {
+	<-c.slots
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.inflight--
+	if c.draining && c.inflight == 0 {
+		c.end(errGoingAway)
+	}
+}
+
+// goAway starts a graceful close: no new sends; once every send received has
+// been answered, the queue is flushed and the socket closed with 1001.
+func (c *client) goAway() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.draining = true
+	if c.inflight == 0 {
+		c.end(errGoingAway)
+	}
+}
+
+// fail reports err for a frame; errors that are not the client's fault are
+// logged here, once, and shown as "unavailable".
+func (c *client) fail(ref, room, op string, err error) {
+	var e *Error
+	if !errors.As(err, &e) {
+		c.log.Error(op+" failed", "room", room, "err", err)
+	}
+	c.sendError(ref, room, err)
+}
+
+func (c *client) sendError(ref, room string, err error) {
+	c.send(encode(errorFrame{Type: TypeError, Ref: ref, Room: room, Code: ErrorCode(err), Message: clientMessage(err)}))
+}
+
+// send queues a frame without blocking. A client whose queue is over
+// SendBuffer is disconnected as a slow consumer: it reconnects and resumes
+// with since, and nobody else waits for it.
+func (c *client) send(frame []byte) {
+	c.mu.Lock()
+	if c.queued+len(frame) > c.hub.opts.SendBuffer {
+		c.mu.Unlock()
+		c.end(errSlowConsumer)
+		return
+	}
+	c.queue = append(c.queue, frame)
+	c.queued += len(frame)
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// sendWait queues a frame, first waiting until the queue is at most half
+// full. Only the read loop uses it, for replays, which may be larger than
+// the queue.
+func (c *client) sendWait(ctx context.Context, frame []byte) error {
+	for {
+		c.mu.Lock()
+		if c.queued+len(frame) <= c.hub.opts.SendBuffer/2 || c.queued == 0 {
+			c.mu.Unlock()
+			c.send(frame)
+			return nil
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.space:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(c.hub.opts.WriteTimeout):
+			return errSlowConsumer
+		}
+	}
+}
+
+func (c *client) take() [][]byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	q := c.queue
+	c.queue, c.queued = nil, 0
+	select {
+	case c.space <- struct{}{}:
+	default:
+	}
+	return q
+}
+
+// writeLoop writes queued frames and keepalive pings until ctx is
+// cancelled; then it closes the connection with the cause's close code.
+func (c *client) writeLoop(ctx context.Context) {
+	ping := time.NewTicker(c.hub.opts.PingInterval)
+	defer ping.Stop()
+	for {
+		select {
+		case <-c.wake:
+			if err := c.writeAll(ctx, c.take()); err != nil {
+				c.conn.CloseNow()
+				return
+			}
+		case <-ping.C:
+			pctx, cancel := context.WithTimeout(ctx, c.hub.opts.WriteTimeout)
+			err := c.conn.Ping(pctx)
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				c.log.Debug("ping failed: dropping connection", "err", err)
+				c.conn.CloseNow()
+				return
+			}
+		case <-ctx.Done():
+			c.close(context.Cause(ctx))
+			return
+		}
+	}
+}
+
+func (c *client) writeAll(ctx context.Context, frames [][]byte) error {
+	for _, f := range frames {
+		wctx, cancel := context.WithTimeout(ctx, c.hub.opts.WriteTimeout)
+		err := c.conn.Write(wctx, websocket.MessageText, f)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *client) close(cause error) {
+	var cc *closeCause
+	if !errors.As(cause, &cc) {
+		c.conn.Close(websocket.StatusNormalClosure, "")
+		return
+	}
+	if cc.flush {
+		ctx, cancel := context.WithTimeout(context.Background(), c.hub.opts.WriteTimeout)
+		err := c.writeAll(ctx, c.take())
+		cancel()
+		if err != nil {
+			c.conn.CloseNow()
+			return
+		}
+	}
+	if cc == errSlowConsumer {
+		c.log.Info("disconnecting slow consumer")
+	}
+	c.conn.Close(cc.code, cc.reason)
+}
+
+// isNormalEnd reports whether err is how connections normally end.
+func isNormalEnd(err error) bool {
+	switch websocket.CloseStatus(err) {
+	case websocket.StatusNormalClosure, websocket.StatusGoingAway, websocket.StatusNoStatusRcvd:
+		return true
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, context.Canceled)
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"reflect"
+	"text/tabwriter"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+)
+
+// Config is pgchat's whole configuration, read from the environment once at
+// start-up. `pgchat help` prints it from these tags, so the tags are the
+// documentation: keep help short and the default in envDefault.
+type Config struct {
+	DatabaseURL       string `env:"DATABASE_URL" envDefault:"postgres://postgres@localhost:5432/postgres?sslmode=disable" help:"PostgreSQL URL for queries and writes; pool settings ride in it (pool_max_conns=20); PG* variables fill what it leaves out (PGPASSWORD)"`
+	ListenDatabaseURL string `env:"LISTEN_DATABASE_URL" help:"direct (session) URL for LISTEN and migrations, for when DATABASE_URL goes through a transaction-mode pooler; default: DATABASE_URL"`
+	Port              int    `env:"PORT" envDefault:"8080" help:"HTTP port for /, /ws, /healthz, /readyz"`
+	InstanceID        string `env:"INSTANCE_ID" help:"this instance's name in welcome frames, messages and logs; default: FLY_MACHINE_ID, else APP_ID, else the hostname"`
+	FlyMachineID      string `env:"FLY_MACHINE_ID" help:"set by Fly.io; a default for INSTANCE_ID"`
+	AppID             string `env:"APP_ID" help:"a default for INSTANCE_ID (docker compose convention)"`
+
+	HistoryLimit    int     `env:"HISTORY_LIMIT" envDefault:"50" help:"messages replayed on a join without since"`
+	ReplayLimit     int     `env:"REPLAY_LIMIT" envDefault:"1000" help:"most messages replayed on a join with since; past it joined.recovered is false"`
+	MaxMessageBytes int     `env:"MAX_MESSAGE_BYTES" envDefault:"4096" help:"largest message body in bytes; larger sends get too_large"`
+	RateLimit       float64 `env:"RATE_LIMIT" envDefault:"20" help:"sends per second per connection (token bucket); excess sends get rate_limited; -1: unlimited"`
+	RateBurst       int     `env:"RATE_BURST" envDefault:"40" help:"sends allowed in a burst above RATE_LIMIT"`
+	MaxRooms        int     `env:"MAX_ROOMS_PER_CONN" envDefault:"100" help:"rooms one connection may join"`
+	MaxInflight     int     `env:"MAX_INFLIGHT" envDefault:"64" help:"unacknowledged sends per connection before the server stops reading from it"`
+	SendBuffer      int     `env:"SEND_BUFFER_BYTES" envDefault:"1048576" help:"bytes queued for one client before it is disconnected as a slow consumer (close 1008)"`
+	BatchSize       int     `env:"BATCH_SIZE" envDefault:"500" help:"most messages committed (and notified) in one transaction"`
+
+	PingInterval    time.Duration `env:"PING_INTERVAL" envDefault:"25s" help:"WebSocket keepalive ping period; a peer that does not answer is dropped"`
+	WriteTimeout    time.Duration `env:"WRITE_TIMEOUT" envDefault:"10s" help:"limit for each write to a client and each database call"`
+	SyncInterval    time.Duration `env:"SYNC_INTERVAL" envDefault:"30s" help:"how often rooms with local members are checked against the table (a safety net for lost notifications)"`
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s" help:"graceful shutdown limit on SIGTERM/SIGINT; keep it below the platform's kill timeout"`
+	ConnectTimeout  time.Duration `env:"DB_CONNECT_TIMEOUT" envDefault:"30s" help:"how long start-up retries an unreachable database before exiting"`
+
+	AllowedOrigins []string   `env:"ALLOWED_ORIGINS" envSeparator:"," help:"extra browser origins (host patterns like chat.example.com or *.example.com) allowed to open /ws; the page's own host is always allowed"`
+	LogLevel       slog.Level `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
+	LogFormat      string     `env:"LOG_FORMAT" envDefault:"text" help:"text or json"`
+}
+
+// loadConfig reads Config from environ (os.Environ() form) and validates it.
+// Its errors are one line naming the variable.
+func loadConfig(environ []string) (Config, error) {
+	vars := env.ToMap(environ)
+	cfg, err := env.ParseAsWithOptions[Config](env.Options{Environment: vars})
+	if err != nil {
+		return Config{}, configError(err, vars)
+	}
+	if cfg.ListenDatabaseURL == "" {
+		cfg.ListenDatabaseURL = cfg.DatabaseURL
+	}
+	if cfg.InstanceID == "" {
+		cfg.InstanceID = cmp.Or(cfg.FlyMachineID, cfg.AppID)
+	}
+	if cfg.InstanceID == "" {
+		cfg.InstanceID, _ = os.Hostname()
+	}
+	return cfg, cfg.validate()
+}
+
+func (cfg Config) validate() error {
+	checks := []struct {
+		ok   bool
+		name string
+		want string
+	}{
+		{cfg.Port >= 0 && cfg.Port <= 65535, "PORT", "a port number (0-65535)"},
+		{cfg.InstanceID != "" && len(cfg.InstanceID) <= 64, "INSTANCE_ID", "1 to 64 characters"},
+		{cfg.HistoryLimit >= 0 && cfg.HistoryLimit <= cfg.ReplayLimit, "HISTORY_LIMIT", "between 0 and REPLAY_LIMIT"},
+		{cfg.ReplayLimit > 0, "REPLAY_LIMIT", "positive"},
+		{cfg.MaxMessageBytes > 0 && cfg.MaxMessageBytes <= 1<<20, "MAX_MESSAGE_BYTES", "between 1 and 1048576"},
+		{cfg.RateLimit > 0 || cfg.RateLimit == -1, "RATE_LIMIT", "positive, or -1 for unlimited"},
+		{cfg.RateBurst > 0, "RATE_BURST", "positive"},
+		{cfg.MaxRooms > 0, "MAX_ROOMS_PER_CONN", "positive"},
+		{cfg.MaxInflight > 0, "MAX_INFLIGHT", "positive"},
+		{cfg.SendBuffer >= 2*cfg.MaxMessageBytes+1024, "SEND_BUFFER_BYTES", "at least 2 × MAX_MESSAGE_BYTES + 1024"},
+		{cfg.BatchSize > 0, "BATCH_SIZE", "positive"},
+		{cfg.PingInterval > 0, "PING_INTERVAL", "a positive duration like 25s"},
+		{cfg.WriteTimeout > 0, "WRITE_TIMEOUT", "a positive duration like 10s"},
+		{cfg.SyncInterval > 0, "SYNC_INTERVAL", "a positive duration like 30s"},
+		{cfg.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT", "a positive duration like 10s"},
+		{cfg.ConnectTimeout >= 0, "DB_CONNECT_TIMEOUT", "a duration like 30s"},
+		{cfg.LogFormat == "text" || cfg.LogFormat == "json", "LOG_FORMAT", `"text" or "json"`},
+	}
+	for _, c := range checks {
+		if !c.ok {
+			return fmt.Errorf("%s must be %s", c.name, c.want)
+		}
+	}
+	return nil
+}
+
+// configError rewrites env's errors, which name struct fields, into one line
+// naming the variable.
+func configError(err error, vars map[string]string) error {
+	var agg env.AggregateError
+	if errors.As(err, &agg) && len(agg.Errors) > 0 {
+		err = agg.Errors[0]
+	}
+	var perr env.ParseError
+	if errors.As(err, &perr) {
+		key := perr.Name
+		if f, ok := reflect.TypeFor[Config]().FieldByName(perr.Name); ok {
+			key = f.Tag.Get("env")
+		}
+		return fmt.Errorf("%s=%q is not a valid %s: %v", key, vars[key], perr.Type, errors.Unwrap(perr.Err))
+	}
+	return err
+}
+
+// printHelp lists every variable with its default, from Config's tags.
+func printHelp(w io.Writer) {
+	fmt.Fprint(w, `pgchat: a scale-out WebSocket chat server on PostgreSQL.
+
+Usage:
+  pgchat [serve]    run an instance (the default)
+  pgchat migrate    apply database migrations and exit
+  pgchat help       show this help
+
+Environment:
+`)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		def := f.Tag.Get("envDefault")
+		if def == "" {
+			def = "-"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", f.Tag.Get("env"), def, f.Tag.Get("help"))
+	}
+	tw.Flush()
+}

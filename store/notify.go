@@ -1,0 +1,98 @@
+package store
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// maxPayload keeps a notification under PostgreSQL's 8000-byte limit.
+const maxPayload = 7900
+
+// Notification is what one NOTIFY on Channel says about one room: messages
+// committed together, in seq order. A message too big for a notification is
+// announced without its content, so Messages may skip seqs up to Last; the
+// receiver reads those from the table.
+type Notification struct {
+	Room     string
+	Messages []Message
+	Last     int64 // the highest seq announced
+}
+
+type notifiedMessage struct {
+	Seq      int64     `json:"seq"`
+	Author   string    `json:"author,omitempty"`
+	Body     string    `json:"body,omitempty"`
+	Time     time.Time `json:"ts,omitzero"`
+	Instance string    `json:"instance,omitempty"`
+	Stub     bool      `json:"stub,omitempty"` // content left out: read it from the table
+}
+
+// EncodeNotifications packs msgs, sorted by room then seq, into as few
+// payloads as fit the NOTIFY size limit. Each payload is about one room and
+// payloads keep seq order, so a listener sees each room's messages in order.
+func EncodeNotifications(msgs []Message) []string {
+	var (
+		payloads []string
+		buf      []byte
+		room     string
+		entries  int
+	)
+	flush := func() {
+		if entries > 0 {
+			payloads = append(payloads, string(append(buf, "]}"...)))
+		}
+		buf, entries = buf[:0], 0
+	}
+	for _, m := range msgs {
+		entry, _ := json.Marshal(notifiedMessage{Seq: m.Seq, Author: m.Author, Body: m.Body, Time: m.Time, Instance: m.Instance})
+		head := len(m.Room)*6 + 32 // {"room":"...","msgs":[ with worst-case escaping
+		if head+len(entry)+2 > maxPayload {
+			entry, _ = json.Marshal(notifiedMessage{Seq: m.Seq, Stub: true})
+		}
+		if m.Room != room || len(buf)+len(entry)+3 > maxPayload {
+			flush()
+			room = m.Room
+		}
+		if entries == 0 {
+			quoted, _ := json.Marshal(m.Room)
+			buf = append(append(append(buf, `{"room":`...), quoted...), `,"msgs":[`...)
+		} else {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, entry...)
+		entries++
+	}
+	flush()
+	return payloads
+}
+
+// DecodeNotification parses a payload made by EncodeNotifications.
+func DecodeNotification(payload string) (Notification, error) {
+	var p struct {
+		Room string            `json:"room"`
+		Msgs []notifiedMessage `json:"msgs"`
+	}
+	if err := json.Unmarshal([]byte(payload), &p); err != nil {
+		return Notification{}, fmt.Errorf("decode notification: %w", err)
+	}
+	if p.Room == "" || len(p.Msgs) == 0 {
+		return Notification{}, fmt.Errorf("decode notification: no room or messages in %s", strconv.Quote(truncate(payload, 64)))
+	}
+	n := Notification{Room: p.Room, Messages: make([]Message, 0, len(p.Msgs))}
+	for _, e := range p.Msgs {
+		n.Last = max(n.Last, e.Seq)
+		if !e.Stub {
+			n.Messages = append(n.Messages, Message{Room: p.Room, Seq: e.Seq, Author: e.Author, Body: e.Body, Time: e.Time, Instance: e.Instance})
+		}
+	}
+	return n, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

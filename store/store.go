@@ -1,0 +1,178 @@
+// Package store keeps pgchat's rooms and messages in PostgreSQL and carries
+// new messages between instances with LISTEN/NOTIFY.
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Channel is the NOTIFY channel every instance listens on.
+const Channel = "pgchat_messages"
+
+// Message is a stored chat message.
+type Message struct {
+	Room     string
+	Seq      int64 // 1, 2, 3, ... per room, in commit order, without gaps
+	Author   string
+	Body     string
+	Time     time.Time // when the database stored it
+	Instance string    // INSTANCE_ID of the instance that accepted it
+	Ref      string    // the sender's id for the send; empty if none
+}
+
+// NewMessage is a message to append.
+type NewMessage struct {
+	Room   string
+	Author string
+	Body   string
+	Ref    string // optional; a repeated (Room, Author, Ref) is stored once
+}
+
+// Result is the outcome of appending one NewMessage.
+type Result struct {
+	Message
+	// Duplicate is true when the message had been stored before under the
+	// same (Room, Author, Ref); Message is then the stored one.
+	Duplicate bool
+}
+
+// DB is pgchat's database. It is safe for concurrent use.
+type DB struct {
+	pool     *pgxpool.Pool
+	instance string
+}
+
+// Open returns a DB over a new pool for url; instance tags the messages it
+// appends. Like pgxpool.New it does not wait for a connection: call Ping.
+// The caller must Close the DB.
+func Open(ctx context.Context, url, instance string) (*DB, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create pool: %w", err)
+	}
+	return &DB{pool: pool, instance: instance}, nil
+}
+
+// Close closes the pool, waiting for connections in use to be returned.
+func (db *DB) Close() { db.pool.Close() }
+
+// Ping checks that the database answers.
+func (db *DB) Ping(ctx context.Context) error {
+	if err := db.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("ping database: %w", err)
+	}
+	return nil
+}
+
+// Since returns up to limit messages of room with seq > after, oldest first.
+func (db *DB) Since(ctx context.Context, room string, after int64, limit int) ([]Message, error) {
+	rows, err := db.pool.Query(ctx, `
+		select room, seq, author, body, created_at, instance, coalesce(ref, '')
+		from messages
+		where room = $1 and seq > $2
+		order by seq
+		limit $3`, room, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("messages of %q since %d: %w", room, after, err)
+	}
+	msgs, err := pgx.CollectRows(rows, scanMessage)
+	if err != nil {
+		return nil, fmt.Errorf("messages of %q since %d: %w", room, after, err)
+	}
+	return msgs, nil
+}
+
+// Recent returns the room's head (the seq of its newest message, 0 if it
+// has none or does not exist) and its newest messages with seq > after, at
+// most limit of them, oldest first. Both come from one snapshot, so the
+// messages end at head when there are any.
+func (db *DB) Recent(ctx context.Context, room string, after int64, limit int) (head int64, msgs []Message, err error) {
+	rows, err := db.pool.Query(ctx, `
+		select r.last_seq, m.room, m.seq, m.author, m.body, m.created_at, m.instance, coalesce(m.ref, '')
+		from rooms r
+		left join lateral (
+			select * from messages
+			where room = r.name and seq > greatest($2, r.last_seq - $3)
+			order by seq
+		) m on true
+		where r.name = $1
+		order by m.seq`, room, after, limit)
+	if err != nil {
+		return 0, nil, fmt.Errorf("recent messages of %q: %w", room, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		// A room without messages after `after` yields one row of NULLs.
+		var (
+			seq                           *int64
+			mroom, author, body, instance *string
+			ts                            *time.Time
+			ref                           string
+		)
+		if err := rows.Scan(&head, &mroom, &seq, &author, &body, &ts, &instance, &ref); err != nil {
+			return 0, nil, fmt.Errorf("recent messages of %q: %w", room, err)
+		}
+		if seq != nil {
+			msgs = append(msgs, Message{Room: *mroom, Seq: *seq, Author: *author, Body: *body, Time: *ts, Instance: *instance, Ref: ref})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return 0, nil, fmt.Errorf("recent messages of %q: %w", room, err)
+	}
+	return head, msgs, nil
+}
+
+// Before returns the room's head and up to limit of its messages with
+// seq < before, newest of those last (oldest first). before <= 0 means the
+// newest messages.
+func (db *DB) Before(ctx context.Context, room string, before int64, limit int) (head int64, msgs []Message, err error) {
+	if before <= 0 {
+		return db.Recent(ctx, room, 0, limit)
+	}
+	heads, err := db.Heads(ctx, []string{room})
+	if err != nil {
+		return 0, nil, err
+	}
+	from := max(before-int64(limit)-1, 0)
+	msgs, err = db.Since(ctx, room, from, int(before-1-from))
+	if err != nil {
+		return 0, nil, err
+	}
+	return heads[room], msgs, nil
+}
+
+// Heads returns the head seq of each named room that exists.
+func (db *DB) Heads(ctx context.Context, rooms []string) (map[string]int64, error) {
+	rows, err := db.pool.Query(ctx, `select name, last_seq from rooms where name = any($1)`, rooms)
+	if err != nil {
+		return nil, fmt.Errorf("room heads: %w", err)
+	}
+	heads := make(map[string]int64, len(rooms))
+	var (
+		name string
+		seq  int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&name, &seq}, func() error {
+		heads[name] = seq
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("room heads: %w", err)
+	}
+	return heads, nil
+}
+
+func scanMessage(row pgx.CollectableRow) (Message, error) {
+	var m Message
+	err := row.Scan(&m.Room, &m.Seq, &m.Author, &m.Body, &m.Time, &m.Instance, &m.Ref)
+	return m, err
+}
