@@ -1,0 +1,727 @@
+// pgchat browser client for wire protocol v1.
+//
+// One WebSocket carries every room. Per room the page holds a contiguous run
+// of messages low..high (by seq); on reconnect each room is re-joined with
+// since=high, so the server replays exactly what was missed, and anything with
+// seq <= high is dropped as a duplicate. A send carries a client-chosen ref
+// and stays pending until its ack; after a reconnect it is resent with the
+// same ref, which the server stores once.
+//
+// User data reaches the DOM only through textContent / text nodes, never
+// innerHTML: a body like "<img src=x onerror=...>" shows literally.
+'use strict';
+(() => {
+  const BACKOFF_BASE = 500;      // ms; reconnect delay = random(0, min(cap, base*2^attempt))
+  const BACKOFF_CAP = 15000;     // ms
+  const STABLE_AFTER = 10000;    // ms connected before the backoff resets
+  const CONNECT_TIMEOUT = 10000; // ms to get a welcome before giving up on a socket
+  const HISTORY_PAGE = 50;
+  const MAX_BODY_BYTES = 16384;  // refused locally: far above the server's 4 KiB default, below its 1009 read limit
+  const ROOM_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
+
+  const $ = (sel) => document.querySelector(sel);
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text != null) e.textContent = text;
+    return e;
+  }
+  function button(cls, text, onclick) {
+    const b = el('button', cls, text);
+    b.type = 'button';
+    b.addEventListener('click', onclick);
+    return b;
+  }
+
+  // localStorage may be unavailable (privacy modes); the page works without it.
+  const saved = {
+    get(k) { try { return localStorage.getItem('pgchat.' + k); } catch { return null; } },
+    set(k, v) { try { localStorage.setItem('pgchat.' + k, v); } catch { /* ignore */ } },
+    del(k) { try { localStorage.removeItem('pgchat.' + k); } catch { /* ignore */ } },
+  };
+
+  const params = new URLSearchParams(location.search);
+  const token = params.get('token') || ''; // passed through unchanged to /ws and history
+
+  // Refs must be unique across page loads too (the server dedupes by ref), so
+  // they start with a random prefix. crypto.getRandomValues works on plain http.
+  const refPrefix = 'c-' + Array.from(crypto.getRandomValues(new Uint8Array(8)),
+    (b) => b.toString(16).padStart(2, '0')).join('') + '-';
+  let refCount = 0;
+
+  let wantName = '';      // the name we ask for
+  let author = '';        // the name the server accepted (welcome)
+  let instance = '';      // instance of the current connection
+  let sock = null;        // current WebSocket; events from older sockets are ignored
+  let connected = false;  // welcome received on sock
+  let attempt = 0;        // reconnects since the last stable connection
+  let expired = false;    // close 4001: stop reconnecting
+  let started = false;
+  let persistRooms = true;
+  const timers = { reconnect: 0, countdown: 0, stable: 0, connect: 0, notice: 0 };
+  const rooms = new Map();   // name -> room, in sidebar order
+  const pending = new Map(); // ref -> outgoing message not yet acked
+  let current = null;        // the room shown
+
+  const box = $('#messages');
+
+  // ---- Formatting ----------------------------------------------------------
+
+  function parseTS(ts) {
+    const d = new Date(String(ts).replace(/(\.\d{3})\d+/, '$1')); // keep milliseconds only
+    return isNaN(d) ? null : d;
+  }
+  const hhmm = (d) => [d.getHours(), d.getMinutes()].map((n) => String(n).padStart(2, '0')).join(':');
+
+  // A stable hue per author, so people are easy to tell apart.
+  function hue(name) {
+    let h = 0;
+    for (const c of name) h = (h * 31 + c.codePointAt(0)) % 360;
+    return h;
+  }
+
+  // nameError mirrors the server's rule: 1-32 printable characters (Go's
+  // unicode.IsPrint: letters, marks, numbers, punctuation, symbols, space).
+  function nameError(name) {
+    const n = [...name].length;
+    if (n < 1 || n > 32) return 'Your name must be 1 to 32 characters.';
+    if (!/^[\p{L}\p{M}\p{N}\p{P}\p{S} ]+$/u.test(name)) return 'Your name can only contain printable characters.';
+    return '';
+  }
+
+  function metaEl(who, ts, inst) {
+    const meta = el('div', 'meta');
+    const a = el('span', 'author', who);
+    a.style.setProperty('--h', hue(who));
+    const d = parseTS(ts);
+    const t = el('time', 'time', d ? hhmm(d) : '');
+    if (d) [t.dateTime, t.title] = [ts, d.toLocaleString(undefined, { dateStyle: 'full', timeStyle: 'medium' })];
+    meta.append(a, ' ', t);
+    if (inst) meta.append(' ', Object.assign(el('span', 'instance', inst), { title: 'Accepted by server instance ' + inst }));
+    return meta;
+  }
+
+  function renderMsg(room, m) {
+    const li = el('li', m.author === author ? 'msg mine' : 'msg');
+    li.dataset.room = room;
+    li.dataset.seq = m.seq;
+    li.append(metaEl(m.author, m.ts, m.instance), el('div', 'body', m.body));
+    return li;
+  }
+
+  // ---- Status and notices --------------------------------------------------
+
+  // setStatus shows the connection state: offline, connecting, connected,
+  // reconnecting (in secs) or expired; #status[data-state] is for tests.
+  function setStatus(state, secs) {
+    const s = $('#status');
+    s.dataset.state = state;
+    s.textContent = { offline: 'Offline', connecting: 'Connecting…', connected: 'Connected to',
+      reconnecting: `Reconnecting in ${secs}s`, expired: 'Session expired' }[state];
+    $('#instance').textContent = instance || '—';
+    $('#instance').hidden = state !== 'connected';
+    $('#reconnect').hidden = state !== 'reconnecting' && state !== 'offline';
+    document.body.dataset.conn = state;
+    renderRoomState();
+  }
+
+  // showNotice shows text (never HTML) in the banner; sticky notices stay.
+  function showNotice(text, sticky, action) {
+    const n = $('#notice');
+    n.querySelector('.text').textContent = text;
+    n.querySelector('.action')?.remove();
+    if (action) n.insertBefore(action, n.querySelector('.close'));
+    n.hidden = false;
+    clearTimeout(timers.notice);
+    if (!sticky) timers.notice = setTimeout(() => { n.hidden = true; }, 8000);
+  }
+
+  // ---- Rooms ---------------------------------------------------------------
+
+  function addRoom(name) {
+    let r = rooms.get(name);
+    if (r) return r;
+    r = {
+      name, msgs: new Map(), low: 0, high: 0, head: 0, unread: 0,
+      joined: false, replaying: false, everJoined: false, error: '',
+      loadingOlder: false, olderError: '', olderFailedAt: 0,
+      scrollTop: null, draft: '', echo: new Map(),
+    };
+    // Sidebar entry.
+    r.tab = el('li');
+    r.tab.dataset.room = name;
+    r.unreadEl = el('span', 'unread', '0');
+    r.unreadSr = el('span', 'sr-only', ' unread');
+    r.tabBtn = button('room', null, () => { switchTo(r); $('#composer').focus(); });
+    r.tabBtn.append(el('span', 'name', '#' + name), r.unreadEl, r.unreadSr);
+    r.tabBtn.title = '#' + name;
+    r.tab.append(r.tabBtn);
+    $('#rooms').append(r.tab);
+    renderUnread(r);
+    // Message log, hidden unless current. Pending sends live in outbox, below
+    // the acknowledged messages, until the server echoes them with a seq.
+    r.log = el('div', 'log');
+    r.log.dataset.log = name;
+    r.log.hidden = true;
+    r.older = button('older', 'Load older messages', () => loadOlder(r, true));
+    r.top = el('p', 'log-top');
+    r.list = el('ol', 'msgs');
+    r.outbox = el('ol', 'outbox');
+    r.log.append(r.older, r.top, r.list, r.outbox);
+    box.append(r.log);
+    rooms.set(name, r);
+    renderTop(r);
+    saveRooms();
+    if (connected) sendJoin(r);
+    return r;
+  }
+
+  function saveRooms() {
+    if (persistRooms && started) saved.set('rooms', JSON.stringify([...rooms.keys()]));
+  }
+
+  function switchTo(r) {
+    if (!r || r === current) return;
+    const composer = $('#composer');
+    if (current) {
+      current.scrollTop = atBottom() ? null : box.scrollTop;
+      current.draft = composer.value;
+      current.log.hidden = true;
+      current.tabBtn.removeAttribute('aria-current');
+    }
+    current = r;
+    r.log.hidden = false;
+    r.tabBtn.setAttribute('aria-current', 'true');
+    box.querySelector('.empty').hidden = true;
+    $('#room-title').textContent = '#' + r.name;
+    composer.placeholder = 'Message #' + r.name;
+    composer.value = r.draft;
+    enableComposer();
+    autoGrow();
+    clearUnread(r);
+    box.scrollTop = r.scrollTop == null ? box.scrollHeight : r.scrollTop;
+    $('#jump').hidden = true;
+    renderRoomState();
+    fillViewport(r);
+  }
+
+  function leaveRoom(r) {
+    if (!r) return;
+    if (connected) send({ type: 'leave', room: r.name });
+    for (const p of pending.values()) if (p.room === r.name) { clearTimeout(p.timer); pending.delete(p.ref); }
+    const names = [...rooms.keys()];
+    const i = names.indexOf(r.name);
+    r.tab.remove();
+    r.log.remove();
+    rooms.delete(r.name);
+    saveRooms();
+    if (current !== r) return;
+    current = null;
+    const next = rooms.get(names[i + 1] || names[i - 1]);
+    if (next) return switchTo(next);
+    box.querySelector('.empty').hidden = false;
+    $('#room-title').textContent = 'No room';
+    $('#composer').value = '';
+    $('#composer').placeholder = 'Join a room first';
+    enableComposer();
+    renderRoomState();
+    $('#room').focus();
+  }
+
+  function enableComposer() {
+    $('#composer').disabled = $('#send').disabled = expired || !current;
+    $('#leave').disabled = !current;
+  }
+
+  function renderUnread(r) {
+    r.unreadEl.textContent = String(r.unread);
+    r.unreadEl.hidden = r.unreadSr.hidden = r.unread === 0;
+    const total = [...rooms.values()].reduce((n, x) => n + x.unread, 0);
+    document.title = total ? `(${total}) pgchat` : 'pgchat';
+  }
+
+  const clearUnread = (r) => { if (r.unread) { r.unread = 0; renderUnread(r); } };
+
+  // renderTop shows, above the oldest message, either a button to load older
+  // messages (also the loading indicator, so the height doesn't change) or
+  // the beginning of the room.
+  function renderTop(r) {
+    const more = r.msgs.size > 0 && r.low > 1;
+    r.older.hidden = !more;
+    r.older.disabled = r.loadingOlder;
+    r.older.textContent = r.loadingOlder ? 'Loading older messages…' : 'Load older messages';
+    r.top.textContent = r.olderError ? r.olderError
+      : !more && r.everJoined ? `This is the beginning of #${r.name}.` : '';
+  }
+
+  function renderRoomState() {
+    const s = $('#room-state');
+    const r = current;
+    s.textContent = !r ? ''
+      : r.error ? `Could not join: ${r.error}`
+      : r.replaying ? 'Joining…'
+      : started && !connected && !expired ? 'Messages you send now go out when the connection is back.' : '';
+    s.className = r && r.error ? 'error' : '';
+  }
+
+  // ---- Scrolling and history -----------------------------------------------
+
+  function atBottom() {
+    return box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  }
+  function scrollBottom() {
+    box.scrollTop = box.scrollHeight;
+    $('#jump').hidden = true;
+  }
+
+  // fillViewport loads older messages while the list is too short to scroll,
+  // since then no scroll event can ask for them.
+  function fillViewport(r) {
+    if (r === current && r.everJoined && box.scrollHeight <= box.clientHeight) loadOlder(r);
+  }
+
+  // loadOlder fetches the page before the lowest seq held and prepends it
+  // without moving what the reader is looking at.
+  async function loadOlder(r, force) {
+    if (r.loadingOlder || !r.msgs.size || r.low <= 1) return;
+    if (!force && Date.now() - r.olderFailedAt < 5000) return; // don't hammer a failing server
+    const before = r.low;
+    r.loadingOlder = true;
+    r.olderError = '';
+    renderTop(r);
+    let msgs = [];
+    try {
+      const url = `/api/rooms/${encodeURIComponent(r.name)}/messages?before=${before}&limit=${HISTORY_PAGE}`;
+      const res = await fetch(url, { headers: token ? { Authorization: 'Bearer ' + token } : {} });
+      const data = await res.json().catch(() => ({}));
+      if (!res.ok) throw new Error(data.message || `HTTP ${res.status}`);
+      msgs = (Array.isArray(data.messages) ? data.messages : []).filter((m) => m.seq < before);
+    } catch (err) {
+      r.olderError = 'Could not load older messages (' + err.message + '). Scroll up to try again.';
+      r.olderFailedAt = Date.now();
+    }
+    r.loadingOlder = false;
+    if (rooms.get(r.name) !== r || r.low !== before) return renderTop(r); // left or reset meanwhile
+    const fromBottom = box.scrollHeight - box.scrollTop;
+    if (msgs.length) {
+      const frag = document.createDocumentFragment();
+      msgs.forEach((m, i) => {
+        if (m.seq + 1 !== (msgs[i + 1] ? msgs[i + 1].seq : before)) console.error(`pgchat: history gap in ${r.name} at seq ${m.seq}`);
+        r.msgs.set(m.seq, { seq: m.seq, author: m.author, body: m.body, ts: m.ts, instance: m.instance });
+        frag.append(renderMsg(r.name, m));
+      });
+      r.list.prepend(frag);
+      r.low = msgs[0].seq;
+    } else if (!r.olderError) {
+      r.low = 1; // the server has nothing older: treat this as the beginning
+    }
+    renderTop(r);
+    if (r === current) box.scrollTop = box.scrollHeight - fromBottom;
+    if (msgs.length) fillViewport(r);
+  }
+
+  box.addEventListener('scroll', () => {
+    if (!current) return;
+    if (box.scrollTop < 120) loadOlder(current);
+    if (atBottom()) $('#jump').hidden = true;
+  });
+  $('#jump').addEventListener('click', () => { scrollBottom(); box.focus(); });
+
+  // ---- Connection ----------------------------------------------------------
+
+  const send = (frame) => { if (sock && sock.readyState === WebSocket.OPEN) sock.send(JSON.stringify(frame)); };
+
+  function connect() {
+    clearTimeout(timers.reconnect);
+    clearInterval(timers.countdown);
+    if (expired) return;
+    const q = new URLSearchParams({ name: wantName || 'guest' });
+    if (token) q.set('token', token);
+    const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/ws?${q}`);
+    sock = ws;
+    setStatus('connecting');
+    timers.connect = setTimeout(() => { if (sock === ws && !connected) drop(ws); }, CONNECT_TIMEOUT);
+    ws.onmessage = (e) => { if (sock === ws) onFrame(e.data); };
+    ws.onclose = (e) => { if (sock === ws) onClose(e.code, ws); };
+  }
+
+  // drop forgets ws at once, as if the network failed, then closes it.
+  function drop(ws) {
+    if (sock === ws) onClose(1006, ws);
+    ws.close();
+  }
+
+  function onClose(code, ws) {
+    sock = null;
+    connected = false;
+    instance = '';
+    clearTimeout(timers.stable);
+    clearTimeout(timers.connect);
+    for (const r of rooms.values()) { r.joined = false; r.replaying = false; }
+    if (code === 1009) failLargest(ws);
+    for (const p of pending.values()) if (p.state === 'sent') { p.state = 'queued'; renderPending(p); }
+    if (code === 4001) {
+      expired = true;
+      setStatus('expired');
+      enableComposer();
+      showNotice('Your session has expired. Reload the page to sign in again.', true,
+        button('action', 'Reload', () => location.reload()));
+      return;
+    }
+    scheduleReconnect();
+  }
+
+  // failLargest marks the largest message in flight on ws as failed after a
+  // close 1009 (frame too big), so that resending it can't loop forever.
+  function failLargest(ws) {
+    let big = null;
+    for (const p of pending.values()) {
+      if (p.state === 'sent' && p.sock === ws && (!big || p.body.length > big.body.length)) big = p;
+    }
+    if (big) fail(big, 'too_large', 'The message is too large for the server.');
+  }
+
+  function scheduleReconnect() {
+    clearTimeout(timers.reconnect);
+    clearInterval(timers.countdown);
+    if (!navigator.onLine) return setStatus('offline'); // the online event reconnects
+    // Full jitter: clients of an instance that went away spread out.
+    const delay = Math.random() * Math.min(BACKOFF_CAP, BACKOFF_BASE * 2 ** Math.min(attempt, 20));
+    attempt++;
+    const at = Date.now() + delay;
+    const tick = () => setStatus('reconnecting', Math.max(1, Math.ceil((at - Date.now()) / 1000)));
+    tick();
+    timers.countdown = setInterval(tick, 500);
+    timers.reconnect = setTimeout(connect, delay);
+  }
+
+  addEventListener('online', () => { if (started && !sock && !expired) connect(); });
+  addEventListener('offline', () => { if (started && !sock && !expired) scheduleReconnect(); }); // shows offline
+  $('#reconnect').addEventListener('click', () => { if (!sock) connect(); });
+
+  function onFrame(data) {
+    let f;
+    try { f = JSON.parse(data); } catch { return console.error('pgchat: bad frame', data); }
+    switch (f && f.type) {
+      case 'welcome': return onWelcome(f);
+      case 'message': return onMessage(f);
+      case 'joined': return onJoined(f);
+      case 'ack': return onAck(f);
+      case 'error': return onError(f);
+      case 'left': return; // rooms are removed locally when the user leaves
+      default: console.warn('pgchat: unknown frame', f);
+    }
+  }
+
+  function onWelcome(f) {
+    connected = true;
+    clearTimeout(timers.connect);
+    instance = String(f.instance || '?');
+    author = String(f.author || wantName);
+    $('#me').textContent = author;
+    setStatus('connected');
+    timers.stable = setTimeout(() => { attempt = 0; }, STABLE_AFTER);
+    for (const r of rooms.values()) sendJoin(r);
+  }
+
+  function sendJoin(r) {
+    const f = { type: 'join', room: r.name };
+    // A rejoin asks for exactly what we missed; a first join takes the default replay.
+    if (r.msgs.size) f.since = r.high;
+    else if (r.everJoined) f.since = r.head;
+    r.joined = false;
+    r.replaying = true;
+    r.error = '';
+    send(f);
+    renderRoomState();
+  }
+
+  function onMessage(f) {
+    const r = rooms.get(f.room);
+    if (!r || !Number.isInteger(f.seq)) return;
+    // Our own acked sends up to this seq are now (or already) shown for real.
+    let echo = false;
+    for (const [seq, li] of r.echo) {
+      if (seq <= f.seq) { li.remove(); r.echo.delete(seq); echo = true; }
+    }
+    if (r.msgs.size && f.seq <= r.high) return; // replay overlap or duplicate
+    if (r.msgs.size && f.seq !== r.high + 1) {
+      if (r.replaying) {
+        // The server replayed only the latest messages (joined will say
+        // recovered:false). Start over from here; older ones load on scroll.
+        console.warn(`pgchat: ${r.name} replay skips ${r.high + 1}..${f.seq - 1}`);
+        r.skipped = true;
+        r.msgs.clear();
+        r.list.replaceChildren();
+      } else {
+        console.error(`pgchat: gap in ${r.name}: have seq ${r.high}, got ${f.seq}`);
+      }
+    }
+    const cur = r === current;
+    const stick = cur && atBottom();
+    r.msgs.set(f.seq, { seq: f.seq, author: f.author, body: f.body, ts: f.ts, instance: f.instance });
+    r.list.append(renderMsg(r.name, f));
+    if (r.msgs.size === 1) { r.low = f.seq; renderTop(r); }
+    r.high = f.seq;
+    if (r.everJoined && f.author !== author && (!cur || document.hidden)) { r.unread++; renderUnread(r); }
+    if (cur && (stick || echo)) scrollBottom();
+    else if (cur && r.everJoined) $('#jump').hidden = false;
+  }
+
+  function onJoined(f) {
+    const r = rooms.get(f.room);
+    if (!r) return;
+    const first = !r.everJoined;
+    r.joined = true;
+    r.replaying = false;
+    r.everJoined = true;
+    r.head = Number.isInteger(f.seq) ? f.seq : r.high;
+    if (f.recovered === false && !first) showNotice(`More messages were sent in #${r.name} while you were away than could be replayed. Scroll up to read older ones.`);
+    else if (r.skipped) console.error(`pgchat: ${r.name} replay had a gap but recovered was not false`);
+    r.skipped = false;
+    renderTop(r);
+    renderRoomState();
+    if (first && r === current) { scrollBottom(); fillViewport(r); }
+    // Sending is allowed only once joined: (re)send what is waiting.
+    for (const p of pending.values()) if (p.room === r.name && p.state !== 'failed') { clearTimeout(p.timer); p.timer = 0; transmit(p); }
+  }
+
+  function onAck(f) {
+    const p = pending.get(f.ref);
+    if (!p) return;
+    pending.delete(f.ref);
+    clearTimeout(p.timer);
+    const r = rooms.get(p.room);
+    if (!r || !Number.isInteger(f.seq) || (r.msgs.size && f.seq <= r.high)) {
+      p.el.remove(); // its message frame came first and is already shown
+      return;
+    }
+    // Committed, but the message frame (with ts and instance) is still on its
+    // way: show it as sent and replace it when the frame arrives.
+    p.el.className = 'msg mine acked';
+    p.el.dataset.state = 'acked';
+    p.el.querySelector('.status').replaceChildren();
+    r.echo.set(f.seq, p.el);
+  }
+
+  function onError(f) {
+    const text = `${f.message || 'Error'} (${f.code || 'error'})`;
+    const p = f.ref ? pending.get(f.ref) : null;
+    if (p) {
+      if (f.code === 'rate_limited' || f.code === 'unavailable') {
+        // Transient: retry with the same ref after a growing, jittered delay.
+        p.tries++;
+        p.state = 'retry';
+        p.error = f.message || f.code;
+        const delay = Math.min(10000, 1000 * 2 ** (p.tries - 1)) * (0.5 + Math.random() / 2);
+        clearTimeout(p.timer);
+        p.timer = setTimeout(() => { p.timer = 0; transmit(p); }, delay);
+        renderPending(p);
+      } else {
+        fail(p, f.code, f.message || f.code);
+      }
+      return;
+    }
+    const r = f.room ? rooms.get(f.room) : null;
+    if (r && r.replaying && !f.ref) { // the join was refused
+      r.replaying = false;
+      r.error = text;
+      renderRoomState();
+      if (f.code === 'unavailable') setTimeout(() => { if (connected && rooms.get(r.name) === r && !r.joined) sendJoin(r); }, 3000);
+      return;
+    }
+    showNotice(f.room ? `#${f.room}: ${text}` : text);
+  }
+
+  // ---- Sending -------------------------------------------------------------
+
+  function sendBody(body, roomName) {
+    const r = rooms.get(roomName);
+    if (!r || !body.trim()) return null;
+    const p = { ref: refPrefix + ++refCount, room: r.name, body, state: 'queued', tries: 0, timer: 0, sock: null };
+    p.el = el('li', 'msg mine pending');
+    p.el.dataset.room = r.name;
+    p.el.dataset.ref = p.ref;
+    p.el.append(metaEl(author || wantName, new Date().toISOString(), ''), el('div', 'body', body), el('div', 'status'));
+    r.outbox.append(p.el);
+    pending.set(p.ref, p);
+    if (new TextEncoder().encode(body).length > MAX_BODY_BYTES) fail(p, 'too_large', 'The message is too long.');
+    else transmit(p);
+    if (r === current) scrollBottom();
+    return p.ref;
+  }
+
+  // transmit sends p now if its room is joined; otherwise it waits for joined.
+  function transmit(p) {
+    const r = rooms.get(p.room);
+    if (connected && r && r.joined) {
+      send({ type: 'send', room: p.room, body: p.body, ref: p.ref });
+      p.state = 'sent';
+      p.sock = sock;
+    } else {
+      p.state = 'queued';
+    }
+    renderPending(p);
+  }
+
+  function fail(p, code, message) {
+    clearTimeout(p.timer);
+    p.state = 'failed';
+    p.code = code;
+    p.error = message;
+    renderPending(p);
+  }
+
+  function renderPending(p) {
+    p.el.className = 'msg mine pending' + (p.state === 'failed' ? ' failed' : '');
+    p.el.dataset.state = p.state;
+    const s = p.el.querySelector('.status');
+    if (p.state === 'failed') {
+      s.replaceChildren(el('span', null, `Not sent: ${p.error} `),
+        button('retry', 'Retry', () => { p.tries = 0; transmit(p); }),
+        button('discard', 'Discard', () => { pending.delete(p.ref); p.el.remove(); }));
+      return;
+    }
+    s.replaceChildren(el('span', 'clock', null), el('span', null,
+      p.state === 'sent' ? 'Sending…'
+        : p.state === 'retry' ? `Retrying soon (${p.error})…`
+        : 'Waiting for the connection…'));
+    s.firstChild.setAttribute('aria-hidden', 'true');
+  }
+
+  // ---- Forms and keyboard --------------------------------------------------
+
+  const formError = (text) => { $('#form-error').textContent = text; };
+
+  $('#join-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const room = $('#room').value.trim();
+    if (!ROOM_RE.test(room)) {
+      formError('Room names are 1–64 letters, digits, _ - . or :, starting with a letter or digit.');
+      return $('#room').focus();
+    }
+    if (!started) {
+      const name = $('#name').value.trim();
+      const err = nameError(name);
+      if (err) { formError(err); return $('#name').focus(); }
+      saved.set('name', name);
+      start(name, [room]);
+    } else {
+      switchTo(addRoom(room));
+      $('#room').value = '';
+    }
+    formError('');
+    $('#composer').focus();
+  });
+
+  const composer = $('#composer');
+  function autoGrow() {
+    composer.style.height = 'auto';
+    composer.style.height = Math.min(composer.scrollHeight + 2, 160) + 'px';
+  }
+  composer.addEventListener('input', autoGrow);
+  composer.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      $('#composer-form').requestSubmit();
+    }
+  });
+  $('#composer-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const body = composer.value.replace(/\s+$/, '');
+    if (!current || !body.trim()) return;
+    sendBody(body, current.name);
+    composer.value = '';
+    autoGrow();
+  });
+
+  $('#leave').addEventListener('click', () => leaveRoom(current));
+  $('#signout').addEventListener('click', () => {
+    saved.del('name');
+    saved.del('rooms');
+    location.assign(location.pathname);
+  });
+  $('#notice .close').addEventListener('click', () => { $('#notice').hidden = true; });
+
+  // Alt+Up / Alt+Down switch rooms from anywhere.
+  document.addEventListener('keydown', (e) => {
+    if (!e.altKey || (e.key !== 'ArrowUp' && e.key !== 'ArrowDown') || !current) return;
+    const list = [...rooms.values()];
+    const i = list.indexOf(current) + (e.key === 'ArrowUp' ? -1 : 1);
+    if (list[i]) { e.preventDefault(); switchTo(list[i]); }
+  });
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden && current) clearUnread(current);
+  });
+
+  // ---- Start ---------------------------------------------------------------
+
+  // start leaves the welcome form (which becomes the sidebar's "join a room"
+  // form, keeping the ids #room and #join) and connects.
+  function start(name, roomNames) {
+    started = true;
+    wantName = name;
+    const form = $('#join-form');
+    form.querySelector('.name-field').hidden = true;
+    $('#room-label').textContent = 'Join a room';
+    $('#room').value = '';
+    $('#room').placeholder = 'Join a room…';
+    $('#join').textContent = 'Join';
+    $('.sidebar').append(form);
+    $('#start').remove();
+    $('main.app').hidden = false;
+    $('.who').hidden = false;
+    $('#signout').hidden = !!token; // in token mode the name comes from the token
+    $('#me').textContent = name;
+    for (const n of roomNames) addRoom(n);
+    switchTo(rooms.get(roomNames[0]));
+    connect();
+  }
+
+  function init() {
+    const urlName = (params.get('name') || '').trim();
+    const urlRooms = [...new Set(params.getAll('room').filter((r) => ROOM_RE.test(r)))];
+    const savedName = saved.get('name') || '';
+    let savedRooms = [];
+    try { savedRooms = JSON.parse(saved.get('rooms') || '[]').filter((r) => ROOM_RE.test(r)); } catch { /* ignore */ }
+    if ((urlName && !nameError(urlName)) || token) {
+      persistRooms = false; // a shared link doesn't replace the remembered rooms
+      return start(urlName || savedName || 'guest', urlRooms.length ? urlRooms : ['general']);
+    }
+    if (savedName && !nameError(savedName)) { // returning: link's rooms first, then remembered ones
+      const all = [...new Set([...urlRooms, ...savedRooms])];
+      return start(savedName, all.length ? all : ['general']);
+    }
+    $('#name').value = urlName || '';
+    if (urlRooms.length) $('#room').value = urlRooms[0];
+    $('#name').focus();
+  }
+
+  // ---- Test hook -------------------------------------------------------------
+
+  // window.pgchat is for browser tests and debugging; state() returns copies.
+  window.pgchat = Object.freeze({
+    state() {
+      const out = {};
+      for (const r of rooms.values()) {
+        out[r.name] = { seqs: [...r.msgs.keys()].sort((a, b) => a - b), unread: r.unread, joined: r.joined, head: r.head };
+      }
+      let waiting = 0, failed = 0;
+      for (const p of pending.values()) p.state === 'failed' ? failed++ : waiting++;
+      return {
+        connected, status: $('#status').dataset.state, instance, author,
+        current: current ? current.name : null, rooms: out, pending: waiting, failed,
+      };
+    },
+    messages(room) {
+      const r = rooms.get(room);
+      return r ? [...r.msgs.values()].sort((a, b) => a.seq - b.seq).map((m) => ({ ...m })) : [];
+    },
+    send(body, room) { return sendBody(String(body), room || (current && current.name)); },
+    join(room) { if (ROOM_RE.test(room)) switchTo(addRoom(room)); },
+    leave(room) { leaveRoom(rooms.get(room)); },
+    drop() { if (sock) drop(sock); }, // simulate a network failure; the page reconnects
+  });
+
+  init();
+})();
