@@ -48,6 +48,20 @@ var (
 // skips.
 func NewDB(t testing.TB) string {
 	t.Helper()
+	return newDB(t, true)
+}
+
+// NewEmptyDB is like NewDB but the database is empty: no migrations have run
+// on it. It is for testing migrations themselves.
+func NewEmptyDB(t testing.TB) string {
+	t.Helper()
+	return newDB(t, false)
+}
+
+// newDB creates a database for t, a clone of the migrated template if
+// migrated is set, else an empty one (a clone of template0).
+func newDB(t testing.TB, migrated bool) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	admin, err := pgx.Connect(ctx, AdminURL())
@@ -59,12 +73,16 @@ func NewDB(t testing.TB) string {
 	}
 	defer admin.Close(ctx)
 
-	templateOnce.Do(func() { templateName, templateErr = ensureTemplate(ctx, admin) })
-	if templateErr != nil {
-		t.Fatalf("storetest: %v", templateErr)
+	template := "template0"
+	if migrated {
+		templateOnce.Do(func() { templateName, templateErr = ensureTemplate(ctx, admin) })
+		if templateErr != nil {
+			t.Fatalf("storetest: %v", templateErr)
+		}
+		template = templateName
 	}
 	name := fmt.Sprintf("pgchat_test_%d_%d_%d", os.Getpid(), time.Now().UnixNano()%1e6, counter.Add(1))
-	if _, err := admin.Exec(ctx, "create database "+pgx.Identifier{name}.Sanitize()+" template "+pgx.Identifier{templateName}.Sanitize()); err != nil {
+	if _, err := admin.Exec(ctx, "create database "+pgx.Identifier{name}.Sanitize()+" template "+pgx.Identifier{template}.Sanitize()); err != nil {
 		t.Fatalf("storetest: create database: %v", err)
 	}
 	t.Cleanup(func() {
