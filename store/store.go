@@ -142,6 +142,9 @@ func (db *DB) Before(ctx context.Context, room string, before int64, limit int) 
 	if err != nil {
 		return 0, nil, err
 	}
+	// Past the head there is nothing to skip: the newest messages are the
+	// ones before head+1.
+	before = min(before, heads[room]+1)
 	from := max(before-int64(limit)-1, 0)
 	msgs, err = db.Since(ctx, room, from, int(before-1-from))
 	if err != nil {
