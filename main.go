@@ -95,7 +95,7 @@ func waitForDatabase(ctx context.Context, cfg Config, log *slog.Logger) error {
 	delay := 250 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
-		conn, err := pgx.Connect(actx, cfg.ListenDatabaseURL)
+		conn, err := store.Connect(actx, cfg.ListenDatabaseURL, cfg.InstanceID)
 		if err == nil {
 			err = conn.Ping(actx)
 			conn.Close(actx)
@@ -147,7 +147,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	})
 	listener := &store.Listener{
 		Connect: func(ctx context.Context) (*pgx.Conn, error) {
-			return pgx.Connect(ctx, cfg.ListenDatabaseURL)
+			return store.Connect(ctx, cfg.ListenDatabaseURL, cfg.InstanceID+" listener")
 		},
 		OnListen: hub.Resync,
 		OnNotify: hub.Deliver,

@@ -284,15 +284,19 @@ func (c *client) take() [][]byte {
 func (c *client) writeLoop(ctx context.Context) {
 	ping := time.NewTicker(c.hub.opts.PingInterval)
 	defer ping.Stop()
+	// A write whose context ends drops the connection without a close
+	// frame, so writes only end by their own timeout; ctx is looked at
+	// between them.
+	wctx := context.WithoutCancel(ctx)
 	for {
 		select {
 		case <-c.wake:
-			if err := c.writeAll(ctx, c.take()); err != nil {
+			if err := c.writeAll(wctx, ctx, c.take()); err != nil {
 				c.conn.CloseNow()
 				return
 			}
 		case <-ping.C:
-			pctx, cancel := context.WithTimeout(ctx, c.hub.opts.WriteTimeout)
+			pctx, cancel := context.WithTimeout(wctx, c.hub.opts.WriteTimeout)
 			err := c.conn.Ping(pctx)
 			cancel()
 			if err != nil && ctx.Err() == nil {
@@ -307,8 +311,15 @@ func (c *client) writeLoop(ctx context.Context) {
 	}
 }
 
-func (c *client) writeAll(ctx context.Context, frames [][]byte) error {
+// writeAll writes frames, each within WriteTimeout. Once conn (the
+// connection's context) ends with a cause that does not flush, it stops
+// early without an error: the close frame goes next, and a slow consumer
+// gets nothing more before it.
+func (c *client) writeAll(ctx, conn context.Context, frames [][]byte) error {
 	for _, f := range frames {
+		if conn.Err() != nil && !flushes(context.Cause(conn)) {
+			return nil
+		}
 		wctx, cancel := context.WithTimeout(ctx, c.hub.opts.WriteTimeout)
 		err := c.conn.Write(wctx, websocket.MessageText, f)
 		cancel()
@@ -319,6 +330,11 @@ func (c *client) writeAll(ctx context.Context, frames [][]byte) error {
 	return nil
 }
 
+func flushes(cause error) bool {
+	var cc *closeCause
+	return errors.As(cause, &cc) && cc.flush
+}
+
 func (c *client) close(cause error) {
 	var cc *closeCause
 	if !errors.As(cause, &cc) {
@@ -327,7 +343,7 @@ func (c *client) close(cause error) {
 	}
 	if cc.flush {
 		ctx, cancel := context.WithTimeout(context.Background(), c.hub.opts.WriteTimeout)
-		err := c.writeAll(ctx, c.take())
+		err := c.writeAll(ctx, ctx, c.take())
 		cancel()
 		if err != nil {
 			c.conn.CloseNow()

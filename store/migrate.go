@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/tern/v2/migrate"
 )
 
@@ -17,9 +16,9 @@ const VersionTable = "schema_version"
 // yet, and returns the schema version it ends at. Instances starting at the
 // same moment are safe: tern holds an advisory lock while it migrates.
 func Migrate(ctx context.Context, url string, fsys fs.FS) (version int32, err error) {
-	conn, err := pgx.Connect(ctx, url)
+	conn, err := Connect(ctx, url, "migrate")
 	if err != nil {
-		return 0, fmt.Errorf("migrate: connect: %w", err)
+		return 0, fmt.Errorf("migrate: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	m, err := migrate.NewMigrator(ctx, conn, VersionTable)

@@ -55,11 +55,35 @@ func Open(ctx context.Context, url, instance string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse database url: %w", err)
 	}
+	setApplicationName(cfg.ConnConfig, "pgchat "+instance)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("create pool: %w", err)
 	}
 	return &DB{pool: pool, instance: instance}, nil
+}
+
+// Connect opens a single connection for url, named "pgchat <name>" in
+// pg_stat_activity unless the URL names it. The caller must close it.
+func Connect(ctx context.Context, url, name string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	setApplicationName(cfg, "pgchat "+name)
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return conn, nil
+}
+
+// setApplicationName names connections so that operators can tell the
+// instances apart in pg_stat_activity.
+func setApplicationName(cfg *pgx.ConnConfig, name string) {
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = name
+	}
 }
 
 // Close closes the pool, waiting for connections in use to be returned.
