@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"reflect"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -118,16 +120,15 @@ func configError(err error, vars map[string]string) error {
 
 // printHelp lists every variable with its default, from Config's tags.
 func printHelp(w io.Writer) {
-	fmt.Fprint(w, `pgchat: a scale-out WebSocket chat server on PostgreSQL.
-
-Usage:
-  pgchat [serve]    run an instance (the default)
-  pgchat migrate    apply database migrations and exit
-  pgchat help       show this help
-
-Environment:
-`)
+	fmt.Fprint(w, "pgchat: a scale-out WebSocket chat server on PostgreSQL.\n\nUsage:\n")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	names := slices.Sorted(maps.Keys(commands))
+	for _, name := range names {
+		fmt.Fprintf(tw, "  pgchat %s\t%s\n", name, commands[name].summary)
+	}
+	fmt.Fprintf(tw, "  pgchat help\tshow this help; pgchat COMMAND -h shows a command's flags\n")
+	tw.Flush()
+	fmt.Fprint(w, "\nEnvironment (serve and migrate):\n")
 	t := reflect.TypeFor[Config]()
 	for i := range t.NumField() {
 		f := t.Field(i)

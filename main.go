@@ -36,33 +36,55 @@ func main() {
 	}
 }
 
+// command is one pgchat subcommand. args are those after its name.
+type command struct {
+	summary string
+	run     func(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error
+}
+
+// commands lists the subcommands, for run and for help.
+var commands = map[string]command{
+	"serve":   {"run an instance (the default)", runServe},
+	"migrate": {"apply database migrations and exit", runMigrate},
+}
+
 // run executes one pgchat command.
 func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
-	cmd := "serve"
+	name := "serve"
 	if len(args) > 0 {
-		cmd, args = args[0], args[1:]
+		name, args = args[0], args[1:]
 	}
-	switch cmd {
+	switch name {
 	case "help", "-h", "-help", "--help":
 		printHelp(stdout)
 		return nil
-	case "serve", "migrate":
-	default:
-		return fmt.Errorf("unknown command %q: run pgchat help", cmd)
 	}
+	cmd, ok := commands[name]
+	if !ok {
+		return fmt.Errorf("unknown command %q: run pgchat help", name)
+	}
+	return cmd.run(ctx, args, environ, stdout, stderr)
+}
+
+func runServe(ctx context.Context, _, environ []string, _, stderr io.Writer) error {
 	cfg, err := loadConfig(environ)
 	if err != nil {
 		return err
 	}
 	log := newLogger(cfg, stderr).With("instance", cfg.InstanceID)
-	if cmd == "migrate" {
-		return migrate(ctx, cfg, log)
-	}
 	ln, err := net.Listen("tcp", ":"+strconv.Itoa(cfg.Port))
 	if err != nil {
 		return fmt.Errorf("listen on PORT %d: %w", cfg.Port, err)
 	}
 	return serve(ctx, cfg, log, ln)
+}
+
+func runMigrate(ctx context.Context, _, environ []string, _, stderr io.Writer) error {
+	cfg, err := loadConfig(environ)
+	if err != nil {
+		return err
+	}
+	return migrate(ctx, cfg, newLogger(cfg, stderr).With("instance", cfg.InstanceID))
 }
 
 func newLogger(cfg Config, w io.Writer) *slog.Logger {

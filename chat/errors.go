@@ -16,6 +16,9 @@ const (
 	CodeRateLimited Code = "rate_limited" // over the per-connection rate or room limit
 	CodeForbidden   Code = "forbidden"    // not allowed in this room
 	CodeUnavailable Code = "unavailable"  // database trouble or shutting down: retry with the same ref
+
+	// CodeNotFound is only used by the HTTP history endpoint.
+	CodeNotFound Code = "not_found"
 )
 
 // Error is a failure reported to the client in an "error" frame.

@@ -2,9 +2,12 @@ package chat
 
 import (
 	"context"
+	"embed"
 	"fmt"
-	"log/slog"
+	"io/fs"
+	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -31,7 +34,95 @@ func NewHandler(h *Hub, opts HandlerOptions) http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", s.serveReady)
+	mux.HandleFunc("GET /api/rooms/{room}/messages", s.serveHistory)
+	mux.Handle("GET /", http.FileServerFS(webRoot))
 	return mux
+}
+
+// The chat page, served at /.
+//
+//go:embed web
+var webFS embed.FS
+
+var webRoot, _ = fs.Sub(webFS, "web")
+
+// History page limits of GET /api/rooms/{room}/messages.
+const (
+	defaultHistoryPage = 50
+	maxHistoryPage     = 200
+)
+
+type historyMessage struct {
+	Seq      int64  `json:"seq"`
+	Author   string `json:"author"`
+	Body     string `json:"body"`
+	Time     string `json:"ts"`
+	Instance string `json:"instance"`
+}
+
+// serveHistory answers GET /api/rooms/{room}/messages?before=SEQ&limit=N
+// with the room's messages before SEQ (default: the newest), oldest first.
+func (s *server) serveHistory(w http.ResponseWriter, r *http.Request) {
+	room := r.PathValue("room")
+	if !ValidRoom(room) {
+		writeJSONError(w, http.StatusBadRequest, errorf(CodeBadRequest, "invalid room name"))
+		return
+	}
+	q := r.URL.Query()
+	limit, before := defaultHistoryPage, int64(0)
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxHistoryPage {
+			writeJSONError(w, http.StatusBadRequest, errorf(CodeBadRequest, "limit must be 1 to %d", maxHistoryPage))
+			return
+		}
+		limit = n
+	}
+	if v := q.Get("before"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 {
+			writeJSONError(w, http.StatusBadRequest, errorf(CodeBadRequest, "before must be a seq (1 or more)"))
+			return
+		}
+		before = n
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.hub.opts.WriteTimeout)
+	defer cancel()
+	heads, err := s.hub.db.Heads(ctx, []string{room})
+	if err != nil {
+		s.hub.log.Error("history", "room", room, "err", err)
+		writeJSONError(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	if _, ok := heads[room]; !ok {
+		writeJSONError(w, http.StatusNotFound, errorf(CodeNotFound, "no room %s", room))
+		return
+	}
+	head, msgs, err := s.hub.db.Before(ctx, room, before, limit)
+	if err != nil {
+		s.hub.log.Error("history", "room", room, "err", err)
+		writeJSONError(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	page := struct {
+		Room     string           `json:"room"`
+		Head     int64            `json:"head"`
+		Messages []historyMessage `json:"messages"`
+	}{room, head, make([]historyMessage, 0, len(msgs))}
+	for _, m := range msgs {
+		page.Messages = append(page.Messages, historyMessage{m.Seq, m.Author, m.Body, m.Time.UTC().Format(TimeFormat), m.Instance})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(encode(page))
+}
+
+func writeJSONError(w http.ResponseWriter, status int, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(encode(struct {
+		Code    Code   `json:"code"`
+		Message string `json:"message"`
+	}{ErrorCode(err), clientMessage(err)}))
 }
 
 type server struct {
@@ -65,7 +156,7 @@ func (s *server) serveWS(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	name := q.Get("name")
 	if name == "" {
-		name = fmt.Sprintf("guest-%04d", s.nextID.Load()%10000)
+		name = fmt.Sprintf("guest-%04d", rand.IntN(10000))
 	}
 	if !ValidName(name) {
 		http.Error(w, fmt.Sprintf("name must be 1 to %d printable characters without leading or trailing spaces", MaxNameLen), http.StatusBadRequest)
@@ -96,5 +187,3 @@ func (s *server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// so connections live on a context of their own; Hub.Close ends them.
 	c.serve(context.WithoutCancel(r.Context()), rooms)
 }
-
-var _ = slog.Default

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -227,6 +226,3 @@ func encode(v any) []byte {
 	}
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 }
-
-// formatTime is used where the time is not from a store.Message.
-func formatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
