@@ -113,7 +113,13 @@ func configError(err error, vars map[string]string) error {
 		if f, ok := reflect.TypeFor[Config]().FieldByName(perr.Name); ok {
 			key = f.Tag.Get("env")
 		}
-		return fmt.Errorf("%s=%q is not a valid %s: %v", key, vars[key], perr.Type, errors.Unwrap(perr.Err))
+		want := map[reflect.Type]string{
+			reflect.TypeFor[int]():           "whole number",
+			reflect.TypeFor[float64]():       "number",
+			reflect.TypeFor[time.Duration](): "duration such as 10s or 500ms",
+			reflect.TypeFor[slog.Level]():    "log level: debug, info, warn or error",
+		}[perr.Type]
+		return fmt.Errorf("%s=%q is not a valid %s", key, vars[key], cmp.Or(want, perr.Type.String()))
 	}
 	return err
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -31,7 +32,8 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "pgchat:", err)
+		// One line, even for the multi-line errors pgx returns.
+		fmt.Fprintln(os.Stderr, "pgchat:", strings.Join(strings.Fields(err.Error()), " "))
 		os.Exit(1)
 	}
 }

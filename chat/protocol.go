@@ -144,7 +144,7 @@ func validRef(ref string) bool {
 // ValidName reports whether name can be a display name: 1 to MaxNameLen
 // printable characters, no leading or trailing space.
 func ValidName(name string) bool {
-	if name == "" || utf8.RuneCountInString(name) > MaxNameLen || strings.TrimSpace(name) != name {
+	if name == "" || !utf8.ValidString(name) || utf8.RuneCountInString(name) > MaxNameLen || strings.TrimSpace(name) != name {
 		return false
 	}
 	for _, r := range name {

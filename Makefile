@@ -1,0 +1,25 @@
+# pgchat: common tasks. See README.md.
+GO ?= go
+STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: run build test lint fuzz
+
+# Run one instance against the local PostgreSQL (DATABASE_URL to change it).
+run:
+	$(GO) run .
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o pgchat .
+
+# The test suite: real PostgreSQL, real WebSockets, the race detector.
+test:
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+lint:
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+# Fuzz the frame decoder for a while (the seed corpus runs in every test run).
+fuzz:
+	$(GO) test ./chat -run '^$$' -fuzz FuzzDecodeFrame -fuzztime 2m
