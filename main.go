@@ -153,7 +153,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	}
 	defer db.Close() // last
 
-	batcher := store.NewBatcher(db, store.BatcherOptions{MaxBatch: cfg.BatchSize, Timeout: cfg.WriteTimeout})
+	batcher := store.NewBatcher(db, store.BatcherOptions{MaxBatch: cfg.BatchSize, Timeout: cfg.WriteTimeout, Log: log})
 	hub := chat.NewHub(db, batcher, chat.Options{
 		Instance:        cfg.InstanceID,
 		MaxMessageBytes: cfg.MaxMessageBytes,

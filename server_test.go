@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"syscall"
@@ -11,6 +13,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgchat/pgchat/store/storetest"
 )
 
 func TestCrossInstanceDelivery(t *testing.T) {
@@ -499,4 +503,82 @@ func TestKilledInstanceMessagesStillArrive(t *testing.T) {
 	got := bob.messages(int(stored))
 	checkSeqs(t, "bob", got, 1)
 	t.Logf("killed after %d acks; %d messages committed, all delivered to the survivor", len(acked), stored)
+}
+
+// TestDatabaseOutage: while the database refuses connections, sends get
+// unavailable and /readyz 503, the instance keeps running, and it recovers
+// by itself once the database is back.
+func TestDatabaseOutage(t *testing.T) {
+	t.Parallel()
+	db := newDB(t)
+	a := startInstance(t, testEnv(db, "app-1"))
+	b := startInstance(t, testEnv(db, "app-2"))
+	alice, bob := dial(t, a.URL, name("alice")), dial(t, b.URL, name("bob"))
+	alice.join("r")
+	bob.join("r")
+	alice.send("r", "before", "c1")
+	alice.nextOf("ack")
+
+	admin, err := pgx.Connect(t.Context(), storetest.AdminURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(t.Context())
+	dbName := pgx.Identifier{strings.TrimPrefix(must(url.Parse(db)).Path, "/")}.Sanitize()
+	setAllowed := func(allowed bool) {
+		t.Helper()
+		if _, err := admin.Exec(t.Context(), fmt.Sprintf("alter database %s allow_connections %t", dbName, allowed)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setAllowed(false)
+	defer setAllowed(true)
+	if _, err := admin.Exec(t.Context(), "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1", strings.Trim(dbName, `"`)); err != nil {
+		t.Fatal(err)
+	}
+
+	alice.send("r", "during", "c2")
+	if e := alice.nextOf("error"); e.Code != "unavailable" || e.Ref != "c2" {
+		t.Fatalf("send during the outage answered %+v, want unavailable for c2", e)
+	}
+	waitStatus(t, a.URL+"/readyz", http.StatusServiceUnavailable)
+	if resp, err := http.Get(a.URL + "/healthz"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("healthz during the outage: %v %v, want 200", resp, err)
+	}
+
+	setAllowed(true)
+	waitStatus(t, a.URL+"/readyz", http.StatusOK)
+	waitStatus(t, b.URL+"/readyz", http.StatusOK)
+	alice.send("r", "during", "c2") // the resend the error asked for
+	if ack := alice.nextOf("ack"); ack.Ref != "c2" || ack.Seq != 2 {
+		t.Fatalf("resend after the outage acked %+v, want c2 seq 2", ack)
+	}
+	got := bob.messages(2)
+	checkSeqs(t, "bob", got, 1)
+}
+
+// waitStatus polls url until it answers status.
+func waitStatus(t *testing.T, url string, status int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == status {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never answered %d (last: %v %v)", url, status, resp, err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a condition
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

@@ -179,7 +179,7 @@ func (c *client) submit(ctx context.Context, f Frame) {
 	msg := store.NewMessage{Room: f.Room, Author: c.author, Body: f.Body, Ref: f.Ref}
 	err := c.hub.batcher.Submit(ctx, msg, func(res store.Result, err error) {
 		if err != nil {
-			c.fail(f.Ref, f.Room, "send", err)
+			c.sendError(f.Ref, f.Room, err) // the batcher logged it, once per batch
 		} else {
 			c.send(encode(ackFrame{TypeAck, f.Ref, res.Room, res.Seq}))
 		}

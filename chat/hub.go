@@ -274,6 +274,14 @@ func (h *Hub) catchUp(ctx context.Context, name string) {
 		if done {
 			return
 		}
+		if len(msgs) == 0 { // announced but not readable yet: don't spin
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+		}
 	}
 }
 

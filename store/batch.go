@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 )
 
@@ -16,6 +17,7 @@ type Batcher struct {
 	db       *DB
 	maxBatch int
 	timeout  time.Duration
+	log      *slog.Logger
 	queue    chan appendRequest
 	stopped  chan struct{}
 }
@@ -30,6 +32,7 @@ type BatcherOptions struct {
 	MaxBatch int           // messages per transaction; default 500
 	Queue    int           // messages waiting for a transaction; default 4 × MaxBatch
 	Timeout  time.Duration // per transaction; default 10s
+	Log      *slog.Logger  // failed transactions are logged here, once each; nil discards
 }
 
 // NewBatcher returns a Batcher appending to db. Start it with Run.
@@ -43,10 +46,14 @@ func NewBatcher(db *DB, opts BatcherOptions) *Batcher {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 10 * time.Second
 	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
 	return &Batcher{
 		db:       db,
 		maxBatch: opts.MaxBatch,
 		timeout:  opts.Timeout,
+		log:      opts.Log,
 		queue:    make(chan appendRequest, opts.Queue),
 		stopped:  make(chan struct{}),
 	}
@@ -120,6 +127,9 @@ func (b *Batcher) commit(ctx context.Context, batch []appendRequest) {
 		msgs[i] = req.msg
 	}
 	results, err := b.db.Append(ctx, msgs)
+	if err != nil {
+		b.log.Error("messages not stored: senders get unavailable and may resend", "messages", len(msgs), "err", err)
+	}
 	for i, req := range batch {
 		if err != nil {
 			req.done(Result{}, err)
