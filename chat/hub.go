@@ -230,12 +230,19 @@ func (h *Hub) requestFetch(r *room) {
 
 // catchUp reads the room's messages after its last one from the table until
 // it is level with the table and with every seq announced.
+// It stops when everyone left the room (a room joined again later is a new
+// room, with a catch-up of its own).
 func (h *Hub) catchUp(ctx context.Context, name string) {
+	h.mu.Lock()
+	r := h.rooms[name]
+	h.mu.Unlock()
+	if r == nil {
+		return
+	}
 	backoff := 100 * time.Millisecond
 	for {
 		h.mu.Lock()
-		r := h.rooms[name]
-		if r == nil {
+		if h.rooms[name] != r || !r.ready {
 			h.mu.Unlock()
 			return
 		}
