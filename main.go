@@ -48,6 +48,7 @@ type command struct {
 var commands = map[string]command{
 	"serve":   {"run an instance (the default)", runServe},
 	"migrate": {"apply database migrations and exit", runMigrate},
+	"bench":   {"load-test running instances (docs/performance.md)", runBench},
 }
 
 // run executes one pgchat command.
