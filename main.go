@@ -154,7 +154,8 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	}
 	defer db.Close() // last
 
-	batcher := store.NewBatcher(db, store.BatcherOptions{MaxBatch: cfg.BatchSize, Timeout: cfg.WriteTimeout, Log: log})
+	m := newMetrics()
+	batcher := store.NewBatcher(db, store.BatcherOptions{MaxBatch: cfg.BatchSize, Timeout: cfg.WriteTimeout, Log: log, OnCommit: m.commit})
 	hub := chat.NewHub(db, batcher, chat.Options{
 		Instance:        cfg.InstanceID,
 		MaxMessageBytes: cfg.MaxMessageBytes,
@@ -169,12 +170,13 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 		MaxInflight:     cfg.MaxInflight,
 		SyncInterval:    cfg.SyncInterval,
 		Log:             log,
+		Metrics:         m,
 	})
 	listener := &store.Listener{
 		Connect: func(ctx context.Context) (*pgx.Conn, error) {
 			return store.Connect(ctx, cfg.ListenDatabaseURL, cfg.InstanceID+" listener")
 		},
-		OnListen: hub.Resync,
+		OnListen: m.listening(hub.Resync),
 		OnNotify: hub.Deliver,
 		Log:      log,
 	}
@@ -187,7 +189,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 			return db.Ping(ctx)
 		},
 	})
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: m.handler(handler), ReadHeaderTimeout: 10 * time.Second}
 
 	// The background loops outlive ctx: they stop in the shutdown order below.
 	bg := context.WithoutCancel(ctx)

@@ -345,6 +345,9 @@ func TestSlowConsumerIsDisconnected(t *testing.T) {
 			break
 		}
 	}
+	if got := scrape(t, a.URL)["pgchat_slow_consumer_disconnects_total"]; got != 1 {
+		t.Errorf("pgchat_slow_consumer_disconnects_total = %v, want 1", got)
+	}
 }
 
 func TestGracefulShutdown(t *testing.T) {

@@ -352,6 +352,7 @@ func (c *client) close(cause error) {
 	}
 	if cc == errSlowConsumer {
 		c.log.Info("disconnecting slow consumer")
+		c.hub.opts.Metrics.SlowConsumer()
 	}
 	c.conn.Close(cc.code, cc.reason)
 }

@@ -28,6 +28,7 @@ type Options struct {
 	MaxInflight     int           // sends awaiting their ack per connection (64)
 	SyncInterval    time.Duration // how often live rooms are checked against the table (30s)
 	Log             *slog.Logger  // nil: discard
+	Metrics         Metrics       // nil: none
 }
 
 func (o *Options) setDefaults() {
@@ -56,6 +57,9 @@ func (o *Options) setDefaults() {
 	defd(&o.SyncInterval, 30*time.Second)
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Metrics == nil {
+		o.Metrics = nopMetrics{}
 	}
 }
 
@@ -95,6 +99,7 @@ type room struct {
 	pending  map[int64]store.Message
 	fetching bool // in needFetch or being fetched
 	stale    bool // the listener reconnected while the room was not ready
+	metrics  Metrics
 }
 
 type member struct {
@@ -249,6 +254,7 @@ func (h *Hub) catchUp(ctx context.Context, name string) {
 		from := r.last
 		h.mu.Unlock()
 
+		h.opts.Metrics.GapFetch()
 		qctx, cancel := context.WithTimeout(ctx, h.opts.WriteTimeout)
 		msgs, err := h.db.Since(qctx, name, from, h.opts.ReplayLimit)
 		cancel()
@@ -331,6 +337,7 @@ func (r *room) drainPending() {
 func (r *room) fanout(m store.Message) {
 	r.last = m.Seq
 	var frame []byte
+	n := 0
 	for c, mem := range r.members {
 		if !mem.live || m.Seq <= mem.cursor {
 			continue
@@ -344,7 +351,10 @@ func (r *room) fanout(m store.Message) {
 		}
 		mem.cursor = m.Seq
 		c.send(frame)
+		n++
 	}
+	r.metrics.Fanout(time.Since(m.Time))
+	r.metrics.Delivered(n)
 }
 
 // join adds c to the room, replays history to it (messages after since, or
@@ -360,12 +370,13 @@ func (h *Hub) join(ctx context.Context, c *client, name string, since int64, has
 	}
 	r := h.rooms[name]
 	if r == nil {
-		r = &room{name: name, members: make(map[*client]*member), pending: make(map[int64]store.Message)}
+		r = &room{name: name, members: make(map[*client]*member), pending: make(map[int64]store.Message), metrics: h.opts.Metrics}
 		h.rooms[name] = r
 	}
 	mem := &member{}
 	r.members[c] = mem
 	h.mu.Unlock()
+	h.opts.Metrics.Memberships(1)
 
 	fail := func(err error) error {
 		h.leave(c, name)
@@ -398,6 +409,7 @@ func (h *Hub) join(ctx context.Context, c *client, name string, since int64, has
 				return fail(err)
 			}
 		}
+		h.opts.Metrics.Delivered(len(msgs))
 		h.mu.Lock()
 		if r.members[c] != mem { // the connection is closing
 			h.mu.Unlock()
@@ -447,6 +459,7 @@ func (h *Hub) leave(c *client, name string) bool {
 		return false
 	}
 	delete(r.members, c)
+	h.opts.Metrics.Memberships(-1)
 	if len(r.members) == 0 {
 		delete(h.rooms, name)
 	}
@@ -463,6 +476,7 @@ func (h *Hub) register(c *client) bool {
 	}
 	h.conns[c] = struct{}{}
 	h.clients.Add(1)
+	h.opts.Metrics.Connections(1)
 	return true
 }
 
@@ -473,6 +487,7 @@ func (h *Hub) unregister(c *client, rooms map[string]bool) {
 	h.mu.Lock()
 	delete(h.conns, c)
 	h.mu.Unlock()
+	h.opts.Metrics.Connections(-1)
 	h.clients.Done()
 }
 

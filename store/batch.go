@@ -18,6 +18,7 @@ type Batcher struct {
 	maxBatch int
 	timeout  time.Duration
 	log      *slog.Logger
+	onCommit func(size, fresh int, took time.Duration, err error)
 	queue    chan appendRequest
 	stopped  chan struct{}
 }
@@ -33,6 +34,10 @@ type BatcherOptions struct {
 	Queue    int           // messages waiting for a transaction; default 4 × MaxBatch
 	Timeout  time.Duration // per transaction; default 10s
 	Log      *slog.Logger  // failed transactions are logged here, once each; nil discards
+	// OnCommit, if set, is called after each transaction with its size in
+	// messages, how many of them were new (not resent refs), how long it
+	// took and its error. It runs on the batcher's goroutine: keep it cheap.
+	OnCommit func(size, fresh int, took time.Duration, err error)
 }
 
 // NewBatcher returns a Batcher appending to db. Start it with Run.
@@ -54,6 +59,7 @@ func NewBatcher(db *DB, opts BatcherOptions) *Batcher {
 		maxBatch: opts.MaxBatch,
 		timeout:  opts.Timeout,
 		log:      opts.Log,
+		onCommit: opts.OnCommit,
 		queue:    make(chan appendRequest, opts.Queue),
 		stopped:  make(chan struct{}),
 	}
@@ -126,7 +132,17 @@ func (b *Batcher) commit(ctx context.Context, batch []appendRequest) {
 	for i, req := range batch {
 		msgs[i] = req.msg
 	}
+	start := time.Now()
 	results, err := b.db.Append(ctx, msgs)
+	if b.onCommit != nil {
+		fresh := 0
+		for _, r := range results {
+			if !r.Duplicate {
+				fresh++
+			}
+		}
+		b.onCommit(len(msgs), fresh, time.Since(start), err)
+	}
 	if err != nil {
 		b.log.Error("messages not stored: senders get unavailable and may resend", "messages", len(msgs), "err", err)
 	}

@@ -1,0 +1,36 @@
+package chat
+
+import "time"
+
+// Metrics receives the hub's events, for monitoring (main exports them to
+// Prometheus). Methods must be cheap, must not block and must be safe for
+// concurrent use: some are called with the hub's lock held, on the delivery
+// path.
+type Metrics interface {
+	// Connections changes the number of open WebSocket connections by delta.
+	Connections(delta int)
+	// Memberships changes the number of (connection, room) memberships by
+	// delta.
+	Memberships(delta int)
+	// Delivered counts n message frames queued to clients (live and
+	// replayed).
+	Delivered(n int)
+	// Fanout reports one message fanned out to the room's local members,
+	// lag after the database stored it.
+	Fanout(lag time.Duration)
+	// GapFetch counts one read of missed messages from the table.
+	GapFetch()
+	// SlowConsumer counts one client disconnected because its queue was
+	// full.
+	SlowConsumer()
+}
+
+// nopMetrics is the Metrics used when Options.Metrics is nil.
+type nopMetrics struct{}
+
+func (nopMetrics) Connections(int)      {}
+func (nopMetrics) Memberships(int)      {}
+func (nopMetrics) Delivered(int)        {}
+func (nopMetrics) Fanout(time.Duration) {}
+func (nopMetrics) GapFetch()            {}
+func (nopMetrics) SlowConsumer()        {}
