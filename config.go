@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/caarlos0/env/v11"
+
+	"github.com/pgchat/pgchat/chat"
 )
 
 // Config is pgchat's whole configuration, read from the environment once at
@@ -43,6 +45,13 @@ type Config struct {
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s" help:"graceful shutdown limit on SIGTERM/SIGINT; keep it below the platform's kill timeout"`
 	ConnectTimeout  time.Duration `env:"DB_CONNECT_TIMEOUT" envDefault:"30s" help:"how long start-up retries an unreachable database before exiting"`
 
+	AuthSecret       string        `env:"AUTH_SECRET" help:"set it (32+ random characters) to require signed tokens (pgchat token) on /ws and the history API; unset: anonymous mode, for demos and trusted networks"`
+	MaxConns         int           `env:"MAX_CONNECTIONS" envDefault:"10000" help:"WebSocket connections per instance; more get 503 with Retry-After; 0: no limit"`
+	MaxConnsPerIP    int           `env:"MAX_CONNECTIONS_PER_IP" envDefault:"100" help:"WebSocket connections per client address (per /64 for IPv6); more get 503 with Retry-After; 0: no limit"`
+	TrustedProxies   []string      `env:"TRUSTED_PROXIES" envSeparator:"," envDefault:"private" help:"peers (IPs, CIDRs; private: loopback and private networks; none) whose X-Forwarded-For (on Fly: Fly-Client-IP) names the client"`
+	MaxFrameBytes    int           `env:"MAX_FRAME_BYTES" envDefault:"0" help:"largest WebSocket frame read; larger ones close the connection (1009); 0: 6 × MAX_MESSAGE_BYTES + 1024"`
+	HandshakeTimeout time.Duration `env:"HANDSHAKE_TIMEOUT" envDefault:"10s" help:"limit for reading a request's headers, the WebSocket upgrade included"`
+
 	AllowedOrigins []string   `env:"ALLOWED_ORIGINS" envSeparator:"," help:"extra browser origins (host patterns like chat.example.com or *.example.com) allowed to open /ws; the page's own host is always allowed"`
 	LogLevel       slog.Level `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat      string     `env:"LOG_FORMAT" envDefault:"text" help:"text or json"`
@@ -69,6 +78,7 @@ func loadConfig(environ []string) (Config, error) {
 }
 
 func (cfg Config) validate() error {
+	_, proxiesErr := chat.ParseTrustedProxies(cfg.TrustedProxies)
 	checks := []struct {
 		ok   bool
 		name string
@@ -91,6 +101,12 @@ func (cfg Config) validate() error {
 		{cfg.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT", "a positive duration like 10s"},
 		{cfg.ConnectTimeout >= 0, "DB_CONNECT_TIMEOUT", "a duration like 30s"},
 		{cfg.LogFormat == "text" || cfg.LogFormat == "json", "LOG_FORMAT", `"text" or "json"`},
+		{cfg.AuthSecret == "" || len(cfg.AuthSecret) >= 32, "AUTH_SECRET", "at least 32 characters (openssl rand -base64 32), or unset"},
+		{cfg.MaxConns >= 0, "MAX_CONNECTIONS", "0 (no limit) or more"},
+		{cfg.MaxConnsPerIP >= 0, "MAX_CONNECTIONS_PER_IP", "0 (no limit) or more"},
+		{proxiesErr == nil, "TRUSTED_PROXIES", "IP addresses, CIDR prefixes or private, separated by commas; or none"},
+		{cfg.MaxFrameBytes == 0 || cfg.MaxFrameBytes >= cfg.MaxMessageBytes+1024, "MAX_FRAME_BYTES", "0 or at least MAX_MESSAGE_BYTES + 1024"},
+		{cfg.HandshakeTimeout > 0, "HANDSHAKE_TIMEOUT", "a positive duration like 10s"},
 	}
 	for _, c := range checks {
 		if !c.ok {

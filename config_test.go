@@ -40,6 +40,11 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{"MAX_MESSAGE_BYTES=0", "MAX_MESSAGE_BYTES"},
 		{"LOG_LEVEL=loud", "LOG_LEVEL"},
 		{"RATE_LIMIT=0", "RATE_LIMIT"},
+		{"AUTH_SECRET=too-short", "AUTH_SECRET"},
+		{"TRUSTED_PROXIES=proxy.example.com", "TRUSTED_PROXIES"},
+		{"MAX_FRAME_BYTES=1000", "MAX_FRAME_BYTES"},
+		{"MAX_CONNECTIONS_PER_IP=-1", "MAX_CONNECTIONS_PER_IP"},
+		{"HANDSHAKE_TIMEOUT=0s", "HANDSHAKE_TIMEOUT"},
 	} {
 		_, err := loadConfig([]string{tc.env})
 		if err == nil || !strings.HasPrefix(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {

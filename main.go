@@ -51,6 +51,7 @@ var commands = map[string]command{
 	"tail":    {"print a room's messages as they come (resilient client)", runTail},
 	"send":    {"send one message and wait for its ack", runSend},
 	"bench":   {"load-test running instances (docs/performance.md)", runBench},
+	"token":   {"print an access token signed with AUTH_SECRET", runToken},
 }
 
 // run executes one pgchat command.
@@ -184,6 +185,8 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	}
 	handler := chat.NewHandler(hub, chat.HandlerOptions{
 		AllowedOrigins: cfg.AllowedOrigins,
+		AuthSecret:     []byte(cfg.AuthSecret),
+		Limits:         limits(cfg),
 		Ready: func(ctx context.Context) error {
 			if !listener.Connected() {
 				return errors.New("listener not connected")
@@ -191,7 +194,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 			return db.Ping(ctx)
 		},
 	})
-	srv := &http.Server{Handler: m.handler(handler), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: m.handler(handler), ReadHeaderTimeout: cfg.HandshakeTimeout, MaxHeaderBytes: maxHeaderBytes}
 
 	// The background loops outlive ctx: they stop in the shutdown order below.
 	bg := context.WithoutCancel(ctx)
@@ -203,7 +206,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	loops.Go(func() { hub.Run(loopCtx) })
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("listening", "addr", ln.Addr().String())
+	log.Info("listening", "addr", ln.Addr().String(), "auth", authMode(cfg))
 
 	select {
 	case <-ctx.Done():

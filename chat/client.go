@@ -42,6 +42,7 @@ type client struct {
 	log     *slog.Logger
 	limiter *rate.Limiter
 	joined  map[string]bool // rooms joined; read loop only
+	grant   *Grant          // the token's rooms and expiry; nil: anonymous mode
 
 	// end asks the writer to close the connection with the cause's code.
 	end func(cause error)
@@ -88,6 +89,12 @@ func (c *client) serve(ctx context.Context, autoJoin []string) {
 	defer wg.Wait()   // runs second: don't return before the writer
 	defer cancel(nil) // runs first
 
+	// In token mode the connection closes with 4001 when the token expires.
+	if c.grant != nil {
+		expiry := time.AfterFunc(time.Until(c.grant.Expires), func() { cancel(errTokenExpired) })
+		defer expiry.Stop()
+	}
+
 	c.send(encode(welcomeFrame{TypeWelcome, c.hub.opts.Instance, c.author}))
 	for _, room := range autoJoin {
 		c.handle(ctx, Frame{Type: TypeJoin, Room: room})
@@ -124,6 +131,10 @@ func (c *client) readLoop(ctx context.Context) error {
 }
 
 func (c *client) handle(ctx context.Context, f Frame) {
+	if f.Type != TypeLeave && !c.grant.Allows(f.Room) {
+		c.sendError(f.Ref, f.Room, errForbidden(f.Room))
+		return
+	}
 	switch f.Type {
 	case TypeJoin:
 		if c.joined[f.Room] {

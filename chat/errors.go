@@ -19,6 +19,9 @@ const (
 
 	// CodeNotFound is only used by the HTTP history endpoint.
 	CodeNotFound Code = "not_found"
+	// CodeUnauthorized answers a missing, invalid or expired token over
+	// HTTP (401): on the history endpoint and before a WebSocket upgrade.
+	CodeUnauthorized Code = "unauthorized"
 )
 
 // Error is a failure reported to the client in an "error" frame.

@@ -23,6 +23,11 @@ type HandlerOptions struct {
 	// e.g. "chat.example.com" or "*.example.com") allowed to open a
 	// WebSocket besides the page's own host.
 	AllowedOrigins []string
+	// AuthSecret, when set, requires an HS256 token signed with it on /ws
+	// and the history endpoint (see ParseToken). Empty: anonymous mode.
+	AuthSecret []byte
+	// Limits caps connections and frames (zero value: no caps).
+	Limits Limits
 }
 
 // NewHandler serves protocol v1 on GET /ws, and /healthz and /readyz.
@@ -63,9 +68,18 @@ type historyMessage struct {
 // serveHistory answers GET /api/rooms/{room}/messages?before=SEQ&limit=N
 // with the room's messages before SEQ (default: the newest), oldest first.
 func (s *server) serveHistory(w http.ResponseWriter, r *http.Request) {
+	grant, err := s.authenticate(r)
+	if err != nil {
+		unauthorized(w, err, true)
+		return
+	}
 	room := r.PathValue("room")
 	if !ValidRoom(room) {
 		writeJSONError(w, http.StatusBadRequest, errorf(CodeBadRequest, "invalid room name"))
+		return
+	}
+	if !grant.Allows(room) { // before the lookup: a 403 does not tell whether the room exists
+		writeJSONError(w, http.StatusForbidden, errForbidden(room))
 		return
 	}
 	q := r.URL.Query()
@@ -129,6 +143,7 @@ type server struct {
 	hub    *Hub
 	opts   HandlerOptions
 	nextID atomic.Uint64
+	conns  connCounter // open WebSockets, for Limits
 }
 
 func (s *server) serveReady(w http.ResponseWriter, r *http.Request) {
@@ -153,9 +168,16 @@ func (s *server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "instance is shutting down: retry", http.StatusServiceUnavailable)
 		return
 	}
+	grant, err := s.authenticate(r)
+	if err != nil {
+		unauthorized(w, err, false)
+		return
+	}
 	q := r.URL.Query()
 	name := q.Get("name")
-	if name == "" {
+	if grant != nil {
+		name = grant.Author // the name parameter is ignored: nobody speaks as someone else
+	} else if name == "" {
 		name = fmt.Sprintf("guest-%04d", rand.IntN(10000))
 	}
 	if !ValidName(name) {
@@ -169,6 +191,13 @@ func (s *server) serveWS(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	release, retryAfter, err := s.conns.acquire(&s.opts.Limits, s.opts.Limits.clientIP(r))
+	if err != nil {
+		w.Header().Set("Retry-After", retryAfter)
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	defer release()
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		OriginPatterns:  s.opts.AllowedOrigins,
 		CompressionMode: websocket.CompressionDisabled,
@@ -176,12 +205,13 @@ func (s *server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // Accept has answered the request
 	}
-	// Frames may carry a body of MaxMessageBytes, JSON-escaped (up to 6
-	// bytes per byte), plus the other fields: larger frames close the
-	// connection with 1009; bodies between the two get a too_large error.
-	conn.SetReadLimit(int64(6*s.hub.opts.MaxMessageBytes + 1024))
+	// Larger frames close the connection with 1009; by default there is
+	// room for a body of MaxMessageBytes JSON-escaped (up to 6 bytes per
+	// byte) plus the other fields, so bodies over it get too_large.
+	conn.SetReadLimit(s.opts.Limits.readLimit(s.hub.opts.MaxMessageBytes))
 	id := s.nextID.Add(1)
 	c := newClient(s.hub, conn, name)
+	c.grant = grant
 	c.log = s.hub.log.With("conn", id, "author", name)
 	// The request's context must not be used after Accept (http.Hijacker),
 	// so connections live on a context of their own; Hub.Close ends them.
