@@ -48,6 +48,7 @@ type command struct {
 var commands = map[string]command{
 	"serve":   {"run an instance (the default)", runServe},
 	"migrate": {"apply database migrations and exit", runMigrate},
+	"cluster": {"run N instances behind HAProxy on this machine, no Docker", runCluster},
 	"tail":    {"print a room's messages as they come (resilient client)", runTail},
 	"send":    {"send one message and wait for its ack", runSend},
 	"bench":   {"load-test running instances (docs/performance.md)", runBench},
