@@ -191,8 +191,10 @@ func (s *server) serveWS(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	release, retryAfter, err := s.conns.acquire(&s.opts.Limits, s.opts.Limits.clientIP(r))
+	ip := s.opts.Limits.clientIP(r)
+	release, retryAfter, err := s.conns.acquire(&s.opts.Limits, ip)
 	if err != nil {
+		s.hub.log.Debug("connection refused", "peer", r.RemoteAddr, "client", ip, "err", err)
 		w.Header().Set("Retry-After", retryAfter)
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
