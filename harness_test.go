@@ -269,7 +269,8 @@ type process struct {
 	cmd *exec.Cmd
 }
 
-// startProcess runs pgchat serve in a child process with environ.
+// startProcess runs pgchat serve in a child process with environ, on the
+// PORT environ sets, else on a free port.
 func startProcess(t *testing.T, environ []string) *process {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -278,6 +279,11 @@ func startProcess(t *testing.T, environ []string) *process {
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
+	for _, kv := range environ { // a PORT in environ wins: restarts keep their port
+		if v, ok := strings.CutPrefix(kv, "PORT="); ok {
+			fmt.Sscan(v, &port)
+		}
+	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), environ...)
 	cmd.Env = append(cmd.Env, "PGCHAT_TEST_MAIN=1", fmt.Sprintf("PORT=%d", port))
