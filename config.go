@@ -24,7 +24,7 @@ import (
 type Config struct {
 	DatabaseURL       string `env:"DATABASE_URL" envDefault:"postgres://postgres@localhost:5432/postgres?sslmode=disable" help:"PostgreSQL URL for queries and writes; pool settings ride in it (pool_max_conns=20); PG* variables fill what it leaves out (PGPASSWORD)"`
 	ListenDatabaseURL string `env:"LISTEN_DATABASE_URL" help:"direct (session) URL for LISTEN and migrations, for when DATABASE_URL goes through a transaction-mode pooler; default: DATABASE_URL"`
-	Port              int    `env:"PORT" envDefault:"8080" help:"HTTP port for /, /ws, /healthz, /readyz"`
+	Port              int    `env:"PORT" envDefault:"8080" help:"HTTP port for /, /ws, /healthz, /readyz, /metrics"`
 	InstanceID        string `env:"INSTANCE_ID" help:"this instance's name in welcome frames, messages and logs; default: FLY_MACHINE_ID, else APP_ID, else the hostname"`
 	FlyMachineID      string `env:"FLY_MACHINE_ID" help:"set by Fly.io; a default for INSTANCE_ID"`
 	AppID             string `env:"APP_ID" help:"a default for INSTANCE_ID (docker compose convention)"`
@@ -32,7 +32,7 @@ type Config struct {
 	HistoryLimit    int     `env:"HISTORY_LIMIT" envDefault:"50" help:"messages replayed on a join without since"`
 	ReplayLimit     int     `env:"REPLAY_LIMIT" envDefault:"1000" help:"most messages replayed on a join with since; past it joined.recovered is false"`
 	MaxMessageBytes int     `env:"MAX_MESSAGE_BYTES" envDefault:"4096" help:"largest message body in bytes; larger sends get too_large"`
-	RateLimit       float64 `env:"RATE_LIMIT" envDefault:"20" help:"sends per second per connection (token bucket); excess sends get rate_limited; -1: unlimited"`
+	RateLimit       float64 `env:"RATE_LIMIT" envDefault:"20" help:"sends per second per connection (token bucket); excess sends get rate_limited; joins too, past a burst of MAX_ROOMS_PER_CONN; -1: unlimited"`
 	RateBurst       int     `env:"RATE_BURST" envDefault:"40" help:"sends allowed in a burst above RATE_LIMIT"`
 	MaxRooms        int     `env:"MAX_ROOMS_PER_CONN" envDefault:"100" help:"rooms one connection may join"`
 	MaxInflight     int     `env:"MAX_INFLIGHT" envDefault:"64" help:"unacknowledged sends per connection before the server stops reading from it"`

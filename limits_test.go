@@ -294,3 +294,39 @@ func TestFloodIsRateLimited(t *testing.T) {
 	}
 	t.Logf("%d of %d flood sends acked, the rest rate_limited and not stored", len(acked), flood)
 }
+
+// TestJoinChurnIsRateLimited: every join reads the table, so joining and
+// leaving in a loop is limited too: a burst of MAX_ROOMS_PER_CONN joins,
+// then RATE_LIMIT per second; the connection stays.
+func TestJoinChurnIsRateLimited(t *testing.T) {
+	t.Parallel()
+	db := newDB(t)
+	a := startInstance(t, testEnv(db, "app-1", "RATE_LIMIT=0.5", "RATE_BURST=1", "MAX_ROOMS_PER_CONN=2"))
+	c := dial(t, a.URL, name("churner"))
+	limited := 0
+	for i := range 20 { // 18 joins over the burst take 36s at 0.5/s
+		c.write(map[string]any{"type": "join", "room": "r", "ref": fmt.Sprint("j-", i)})
+		f := c.next()
+		for f.Type == "message" {
+			f = c.next()
+		}
+		switch {
+		case f.Type == "joined":
+			c.write(map[string]any{"type": "leave", "room": "r"})
+			if l := c.next(); l.Type != "left" {
+				t.Fatalf("leave answered %+v", l)
+			}
+		case f.Type == "error" && f.Code == "rate_limited" && f.Ref == fmt.Sprint("j-", i):
+			limited++
+		default:
+			t.Fatalf("join %d answered %+v", i, f)
+		}
+	}
+	if limited < 10 {
+		t.Fatalf("%d of 20 joins rate_limited, want at least 10 (burst 2, then 0.5/s)", limited)
+	}
+	c.write(map[string]any{"type": "leave", "room": "elsewhere"})
+	if f := c.next(); f.Code != "not_joined" {
+		t.Fatalf("after the churn the connection answered %+v, want not_joined", f)
+	}
+}

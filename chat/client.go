@@ -43,6 +43,7 @@ type client struct {
 	limiter *rate.Limiter
 	joined  map[string]bool // rooms joined; read loop only
 	grant   *Grant          // the token's rooms and expiry; nil: anonymous mode
+	joins   *rate.Limiter   // bounds join/leave churn: each join reads the table
 
 	// end asks the writer to close the connection with the cause's code.
 	end func(cause error)
@@ -69,6 +70,8 @@ func newClient(h *Hub, conn *websocket.Conn, author string) *client {
 	}
 	if h.opts.RateLimit > 0 {
 		c.limiter = rate.NewLimiter(rate.Limit(h.opts.RateLimit), h.opts.RateBurst)
+		// A (re)connecting client may join all its rooms at once.
+		c.joins = rate.NewLimiter(rate.Limit(h.opts.RateLimit), h.opts.MaxRooms)
 	}
 	return c
 }
@@ -143,6 +146,10 @@ func (c *client) handle(ctx context.Context, f Frame) {
 		}
 		if len(c.joined) >= c.hub.opts.MaxRooms {
 			c.sendError(f.Ref, f.Room, errorf(CodeRateLimited, "a connection may join at most %d rooms", c.hub.opts.MaxRooms))
+			return
+		}
+		if c.joins != nil && !c.joins.Allow() {
+			c.sendError(f.Ref, f.Room, errorf(CodeRateLimited, "joining more than %g rooms per second: slow down", c.hub.opts.RateLimit))
 			return
 		}
 		if err := c.hub.join(ctx, c, f.Room, f.Since, f.HasSince); err != nil {
