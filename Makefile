@@ -2,7 +2,7 @@
 GO ?= go
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: run build test lint fuzz
+.PHONY: run build test lint fuzz cluster
 
 # Run one instance against the local PostgreSQL (DATABASE_URL to change it).
 run:
@@ -10,6 +10,11 @@ run:
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o pgchat .
+
+# The scale-out demo without Docker: 3 instances behind HAProxy on :8080
+# (ARGS="-n 5 -port 9000" to change; see pgchat cluster -h). Ctrl-C stops it.
+cluster:
+	$(GO) run . cluster $(ARGS)
 
 # The test suite: real PostgreSQL, real WebSockets, the race detector.
 test:
