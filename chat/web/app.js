@@ -320,11 +320,22 @@
     if (msgs.length) fillViewport(r);
   }
 
+  // A reader at the bottom stays there when the log's box changes size (the
+  // composer grows, a phone keyboard or a rotation resizes the page). Scroll
+  // events come a frame late: one that sees a size the observer has not yet
+  // seen must not decide, as the resize, not the reader, moved the bottom.
+  let stuck = true, seen = '';
+  const boxSize = () => box.clientWidth + 'x' + box.clientHeight;
   box.addEventListener('scroll', () => {
+    if (boxSize() === seen) stuck = atBottom();
     if (!current) return;
     if (box.scrollTop < 120) loadOlder(current);
     if (atBottom()) $('#jump').hidden = true;
   });
+  new ResizeObserver(() => {
+    seen = boxSize();
+    if (stuck) box.scrollTop = box.scrollHeight;
+  }).observe(box);
   $('#jump').addEventListener('click', () => { scrollBottom(); box.focus(); });
 
   // ---- Connection ----------------------------------------------------------
@@ -616,8 +627,10 @@
 
   const composer = $('#composer');
   function autoGrow() {
+    const stick = atBottom(); // height 'auto' would briefly scroll the log up
     composer.style.height = 'auto';
     composer.style.height = Math.min(composer.scrollHeight + 2, 160) + 'px';
+    if (stick) box.scrollTop = box.scrollHeight;
   }
   composer.addEventListener('input', autoGrow);
   composer.addEventListener('keydown', (e) => {
