@@ -25,6 +25,8 @@ lint:
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
 
-# Fuzz the frame decoder for a while (the seed corpus runs in every test run).
+# Fuzz the frame decoder and the token parser for a while each (their seed
+# corpora run in every test run).
 fuzz:
-	$(GO) test ./chat -run '^$$' -fuzz FuzzDecodeFrame -fuzztime 2m
+	$(GO) test ./chat -run '^$$' -fuzz '^FuzzDecodeFrame$$' -fuzztime 2m
+	$(GO) test ./chat -run '^$$' -fuzz '^FuzzParseToken$$' -fuzztime 2m
