@@ -176,6 +176,22 @@ func (c *wsClient) writeRaw(s string) {
 	}
 }
 
+// trySend is send for goroutines other than the test's: it reports errors
+// instead of failing the test, and has no deadline of its own.
+func (c *wsClient) trySend(room, body, ref string) error {
+	b, _ := json.Marshal(map[string]any{"type": "send", "room": room, "body": body, "ref": ref})
+	return c.conn.Write(c.t.Context(), websocket.MessageText, b)
+}
+
+// tryNext is next for goroutines other than the test's.
+func (c *wsClient) tryNext(timeout time.Duration) (frame, error) {
+	ctx, cancel := context.WithTimeout(c.t.Context(), timeout)
+	defer cancel()
+	var f frame
+	err := readFrame(ctx, c.conn, &f)
+	return f, err
+}
+
 // next reads the next frame, failing the test after 10 s.
 func (c *wsClient) next() frame {
 	c.t.Helper()

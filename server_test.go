@@ -81,10 +81,17 @@ func TestConcurrentSendersEveryInstance(t *testing.T) {
 			var got []frame
 			acks := 0
 			for k := range perSender {
-				c.send("busy", fmt.Sprintf("m %d/%d", i, k), fmt.Sprintf("r-%d", k))
+				if err := c.trySend("busy", fmt.Sprintf("m %d/%d", i, k), fmt.Sprintf("r-%d", k)); err != nil {
+					t.Errorf("client %d: %v", i, err)
+					return
+				}
 			}
 			for len(got) < total || acks < perSender {
-				f := c.next()
+				f, err := c.tryNext(30 * time.Second)
+				if err != nil {
+					t.Errorf("client %d after %d messages, %d acks: %v", i, len(got), acks, err)
+					return
+				}
 				switch f.Type {
 				case "message":
 					got = append(got, f)
@@ -316,7 +323,10 @@ func TestSlowConsumerIsDisconnected(t *testing.T) {
 			if ctx.Err() != nil {
 				return
 			}
-			sender.send("r", body, fmt.Sprint("c", i))
+			if err := sender.trySend("r", body, fmt.Sprint("c", i)); err != nil && ctx.Err() == nil {
+				t.Errorf("sender: %v", err)
+				return
+			}
 		}
 	}()
 	go func() { // the sender's acks and copies must be read too
