@@ -207,11 +207,10 @@ type runner struct {
 	start time.Time // the clock of send times carried in bodies
 	res   *Result
 
-	mu     sync.Mutex // guards res.Errors, res.Closes
-	rooms  []*room
-	conns  []*client
-	phase  atomic.Value // string, for the progress line
-	cancel context.CancelFunc
+	mu    sync.Mutex // guards res.Errors, res.Closes
+	rooms []*room
+	conns []*client
+	phase atomic.Value // string, for the progress line
 
 	reconnects atomic.Int64
 	measureLo  atomic.Int64 // measured period, in ns since start

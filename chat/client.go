@@ -31,10 +31,10 @@ var (
 	errShuttingDown = errorf(CodeUnavailable, "server is shutting down: reconnect and retry with the same ref")
 )
 
-// client is one WebSocket connection. The handler goroutine runs the read
-// loop and owns joined; one writer goroutine owns writes to conn. Other
-// goroutines (the hub, the batcher) only queue frames with send, which never
-// blocks.
+// client is one WebSocket connection. Its goroutine runs the read loop and
+// owns joined; writes to conn are made by a writer goroutine that runs only
+// while frames are queued (writer.go). Other goroutines (the hub, the
+// batcher) only queue frames with send, which never blocks.
 type client struct {
 	hub     *Hub
 	conn    *websocket.Conn
@@ -53,7 +53,7 @@ type client struct {
 	queued   int        // bytes in queue
 	inflight int        // sends waiting for their ack
 	draining bool       // no new sends; close once inflight is 0
-	wake     chan struct{}
+	w        writer     // the write side (writer.go)
 	space    chan struct{}
 	slots    chan struct{} // bounds inflight: back-pressure on the read loop
 }
@@ -64,7 +64,6 @@ func newClient(h *Hub, conn *websocket.Conn, author string) *client {
 		conn:   conn,
 		author: author,
 		joined: make(map[string]bool),
-		wake:   make(chan struct{}, 1),
 		space:  make(chan struct{}, 1),
 		slots:  make(chan struct{}, h.opts.MaxInflight),
 	}
@@ -87,10 +86,8 @@ func (c *client) serve(ctx context.Context, autoJoin []string) {
 		return
 	}
 	defer c.hub.unregister(c, c.joined) // runs last
-	var wg sync.WaitGroup
-	wg.Go(func() { c.writeLoop(wctx) })
-	defer wg.Wait()   // runs second: don't return before the writer
-	defer cancel(nil) // runs first
+	defer c.startWriting(wctx)()        // runs second: don't return before the writer
+	defer cancel(nil)                   // runs first
 
 	// In token mode the connection closes with 4001 when the token expires.
 	if c.grant != nil {
@@ -113,6 +110,7 @@ func (c *client) serve(ctx context.Context, autoJoin []string) {
 // frame.
 func (c *client) readLoop(ctx context.Context) error {
 	for {
+		c.waitReadable()
 		typ, data, err := c.conn.Read(ctx)
 		if err != nil {
 			if isNormalEnd(err) {
@@ -256,11 +254,8 @@ func (c *client) send(frame []byte) {
 	}
 	c.queue = append(c.queue, frame)
 	c.queued += len(frame)
+	c.kickLocked()
 	c.mu.Unlock()
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
 }
 
 // sendWait queues a frame, first waiting until the queue is at most half
@@ -285,94 +280,16 @@ func (c *client) sendWait(ctx context.Context, frame []byte) error {
 	}
 }
 
-func (c *client) take() [][]byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// takeLocked empties the queue and returns what it held. Call with c.mu
+// held.
+func (c *client) takeLocked() [][]byte {
 	q := c.queue
-	c.queue, c.queued = nil, 0
+	c.queue, c.w.spare, c.queued = c.w.spare, nil, 0
 	select {
 	case c.space <- struct{}{}:
 	default:
 	}
 	return q
-}
-
-// writeLoop writes queued frames and keepalive pings until ctx is
-// cancelled; then it closes the connection with the cause's close code.
-func (c *client) writeLoop(ctx context.Context) {
-	ping := time.NewTicker(c.hub.opts.PingInterval)
-	defer ping.Stop()
-	// A write whose context ends drops the connection without a close
-	// frame, so writes only end by their own timeout; ctx is looked at
-	// between them.
-	wctx := context.WithoutCancel(ctx)
-	for {
-		select {
-		case <-c.wake:
-			if err := c.writeAll(wctx, ctx, c.take()); err != nil {
-				c.conn.CloseNow()
-				return
-			}
-		case <-ping.C:
-			pctx, cancel := context.WithTimeout(wctx, c.hub.opts.WriteTimeout)
-			err := c.conn.Ping(pctx)
-			cancel()
-			if err != nil && ctx.Err() == nil {
-				c.log.Debug("ping failed: dropping connection", "err", err)
-				c.conn.CloseNow()
-				return
-			}
-		case <-ctx.Done():
-			c.close(context.Cause(ctx))
-			return
-		}
-	}
-}
-
-// writeAll writes frames, each within WriteTimeout. Once conn (the
-// connection's context) ends with a cause that does not flush, it stops
-// early without an error: the close frame goes next, and a slow consumer
-// gets nothing more before it.
-func (c *client) writeAll(ctx, conn context.Context, frames [][]byte) error {
-	for _, f := range frames {
-		if conn.Err() != nil && !flushes(context.Cause(conn)) {
-			return nil
-		}
-		wctx, cancel := context.WithTimeout(ctx, c.hub.opts.WriteTimeout)
-		err := c.conn.Write(wctx, websocket.MessageText, f)
-		cancel()
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func flushes(cause error) bool {
-	var cc *closeCause
-	return errors.As(cause, &cc) && cc.flush
-}
-
-func (c *client) close(cause error) {
-	var cc *closeCause
-	if !errors.As(cause, &cc) {
-		c.conn.Close(websocket.StatusNormalClosure, "")
-		return
-	}
-	if cc.flush {
-		ctx, cancel := context.WithTimeout(context.Background(), c.hub.opts.WriteTimeout)
-		err := c.writeAll(ctx, ctx, c.take())
-		cancel()
-		if err != nil {
-			c.conn.CloseNow()
-			return
-		}
-	}
-	if cc == errSlowConsumer {
-		c.log.Info("disconnecting slow consumer")
-		c.hub.opts.Metrics.SlowConsumer()
-	}
-	c.conn.Close(cc.code, cc.reason)
 }
 
 // isNormalEnd reports whether err is how connections normally end.

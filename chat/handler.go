@@ -199,12 +199,13 @@ func (s *server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	defer release()
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	uw := &upgradeWriter{ResponseWriter: w, timeout: s.hub.opts.WriteTimeout}
+	conn, err := websocket.Accept(uw, r, &websocket.AcceptOptions{
 		OriginPatterns:  s.opts.AllowedOrigins,
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {
+		release()
 		return // Accept has answered the request
 	}
 	// Larger frames close the connection with 1009; by default there is
@@ -214,8 +215,17 @@ func (s *server) serveWS(w http.ResponseWriter, r *http.Request) {
 	id := s.nextID.Add(1)
 	c := newClient(s.hub, conn, name)
 	c.grant = grant
+	c.w.out, c.w.in, c.w.raw = uw.out, uw.in, uw.raw
 	c.log = s.hub.log.With("conn", id, "author", name)
 	// The request's context must not be used after Accept (http.Hijacker),
-	// so connections live on a context of their own; Hub.Close ends them.
-	c.serve(context.WithoutCancel(r.Context()), rooms)
+	// so connections live on a context of their own; Hub.Close ends them
+	// and waits for them. The handler returns at once: that frees what
+	// net/http holds per request (its buffers, the request, a goroutine
+	// stack grown by the handshake), a large part of an idle connection's
+	// footprint (docs/performance.md).
+	ctx := context.WithoutCancel(r.Context())
+	go func() {
+		defer release()
+		c.serve(ctx, rooms)
+	}()
 }

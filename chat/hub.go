@@ -122,20 +122,24 @@ func NewHub(db *store.DB, b *store.Batcher, opts Options) *Hub {
 	}
 }
 
-// Run catches rooms up from the table when they fall behind and checks live
-// rooms every SyncInterval. It returns when ctx is cancelled, after its
-// fetches have stopped.
+// Run catches rooms up from the table when they fall behind, checks live
+// rooms every SyncInterval and pings the clients (see pingDue). It returns
+// when ctx is cancelled, after its fetches have stopped.
 func (h *Hub) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	tick := time.NewTicker(h.opts.SyncInterval)
 	defer tick.Stop()
+	ping := time.NewTicker(h.opts.pingSweep())
+	defer ping.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 			h.checkHeads(ctx)
+		case now := <-ping.C:
+			h.pingDue(now)
 		case <-h.wake:
 			h.mu.Lock()
 			names := make([]string, 0, len(h.needFetch))
