@@ -16,9 +16,12 @@ build:
 cluster:
 	$(GO) run . cluster $(ARGS)
 
-# The test suite: real PostgreSQL, real WebSockets, the race detector.
+# The test suite: real PostgreSQL, real WebSockets, the race detector; then
+# every benchmark once, so they keep compiling and running
+# (docs/performance.md runs them properly).
 test:
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -run '^$$' -bench . -benchtime=1x ./...
 
 lint:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
