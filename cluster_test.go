@@ -243,3 +243,16 @@ func TestClusterPrivatePostgres(t *testing.T) {
 		}
 	}
 }
+
+func TestPostgresBinOrder(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ a, b string }{
+		{"/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/9/bin"},
+		{"/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"},
+		{"/opt/homebrew/opt/postgresql@17/bin", "/opt/homebrew/opt/postgresql@14/bin"},
+	} {
+		if got := compareVersionPaths(tc.a, tc.b); got <= 0 {
+			t.Errorf("compareVersionPaths(%q, %q) = %d, want > 0 (newer first)", tc.a, tc.b, got)
+		}
+	}
+}

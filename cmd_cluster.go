@@ -394,7 +394,7 @@ func postgresBin() (string, bool) {
 // compareVersionPaths orders .../15/bin before .../9/bin numerically.
 func compareVersionPaths(a, b string) int {
 	num := func(s string) int {
-		digits := strings.TrimLeft(filepath.Base(filepath.Dir(s)), "postgresql@-")
+		digits := strings.TrimLeftFunc(filepath.Base(filepath.Dir(s)), func(r rune) bool { return r < '0' || r > '9' })
 		n, _ := strconv.Atoi(strings.SplitN(digits, ".", 2)[0])
 		return n
 	}

@@ -77,8 +77,7 @@ type Client struct {
 	log    *slog.Logger
 	prefix string // of this client's refs
 
-	done     chan struct{} // closed when Run returns
-	stopOnce sync.Once
+	done chan struct{} // closed when Run returns
 
 	mu       sync.Mutex
 	err      error                   // why Run returned; set before done is closed
@@ -376,12 +375,16 @@ func (c *Client) handle(ctx context.Context, conn *websocket.Conn, gen int, f fr
 			// that lost history); joined then says recovered=false.
 			c.log.Warn("server could not replay every missed message", "room", f.Room, "have", st.last, "got", f.Seq)
 		}
-		st.last, st.started = f.Seq, true
 		c.mu.Unlock()
 		if c.opts.OnMessage != nil {
 			ts, _ := time.Parse(time.RFC3339Nano, f.Ts)
 			c.opts.OnMessage(Message{Room: f.Room, Seq: f.Seq, Author: f.Author, Body: f.Body, Time: ts, Instance: f.Instance})
 		}
+		// Only this goroutine moves last, so it may move after the
+		// callback: Last never reports a message OnMessage has not seen.
+		c.mu.Lock()
+		st.last, st.started = f.Seq, true
+		c.mu.Unlock()
 	case "joined":
 		c.mu.Lock()
 		st := c.rooms[f.Room]
