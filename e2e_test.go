@@ -165,7 +165,9 @@ func (tp *topology) servers() map[string]server {
 			continue
 		}
 		lbtot, _ := strconv.Atoi(r[col["lbtot"]])
-		out[r[col["svname"]]] = server{r[col["status"]], r[col["check_status"]], lbtot}
+		// "* L7STS": the same, with a check under way.
+		check := strings.TrimPrefix(r[col["check_status"]], "* ")
+		out[r[col["svname"]]] = server{r[col["status"]], check, lbtot}
 	}
 	return out
 }
