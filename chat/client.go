@@ -31,19 +31,24 @@ var (
 	errShuttingDown = errorf(CodeUnavailable, "server is shutting down: reconnect and retry with the same ref")
 )
 
-// client is one WebSocket connection. Its goroutine runs the read loop and
-// owns joined; writes to conn are made by a writer goroutine that runs only
-// while frames are queued (writer.go). Other goroutines (the hub, the
-// batcher) only queue frames with send, which never blocks.
+// client is one WebSocket connection. Its read side (the read loop, which
+// owns joined, limiter and joins) runs on one goroutine at a time, none
+// while the connection is idle (park.go); writes to conn are made by a
+// writer goroutine that runs only while frames are queued (writer.go).
+// Other goroutines (the hub, the batcher) only queue frames with send,
+// which never blocks.
 type client struct {
 	hub     *Hub
 	conn    *websocket.Conn
+	id      uint64
 	author  string
-	log     *slog.Logger
-	limiter *rate.Limiter
+	limiter *rate.Limiter   // sends; made on the first
 	joined  map[string]bool // rooms joined; read loop only
 	grant   *Grant          // the token's rooms and expiry; nil: anonymous mode
 	joins   *rate.Limiter   // bounds join/leave churn: each join reads the table
+	expiry  *time.Timer     // the token's; nil in anonymous mode
+	release func()          // gives back the connection's slot under the limits
+	finish  func()          // waits for the write side to finish
 
 	// end asks the writer to close the connection with the cause's code.
 	end func(cause error)
@@ -55,7 +60,7 @@ type client struct {
 	draining bool       // no new sends; close once inflight is 0
 	w        writer     // the write side (writer.go)
 	space    chan struct{}
-	slots    chan struct{} // bounds inflight: back-pressure on the read loop
+	slots    chan struct{} // bounds inflight: back-pressure on the read loop; made on the first send
 }
 
 func newClient(h *Hub, conn *websocket.Conn, author string) *client {
@@ -65,52 +70,83 @@ func newClient(h *Hub, conn *websocket.Conn, author string) *client {
 		author: author,
 		joined: make(map[string]bool),
 		space:  make(chan struct{}, 1),
-		slots:  make(chan struct{}, h.opts.MaxInflight),
 	}
 	if h.opts.RateLimit > 0 {
-		c.limiter = rate.NewLimiter(rate.Limit(h.opts.RateLimit), h.opts.RateBurst)
 		// A (re)connecting client may join all its rooms at once.
 		c.joins = rate.NewLimiter(rate.Limit(h.opts.RateLimit), h.opts.MaxRooms)
 	}
 	return c
 }
 
-// serve runs the connection until the peer or the server closes it. It
-// returns only after the writer has stopped.
+// log is the connection's logger, made when needed: most connections never
+// log, and a logger with attributes costs a few hundred bytes.
+func (c *client) log() *slog.Logger {
+	return c.hub.log.With("conn", c.id, "author", c.author)
+}
+
+// serve runs the connection: it registers it, sends the welcome, joins the
+// rooms of the URL, then reads. It returns when the connection has ended
+// (and its writer has stopped), or sooner, when the connection is idle
+// and parked (park.go): then a later frame resumes it on another
+// goroutine, and the read side that sees the connection end finishes it.
 func (c *client) serve(ctx context.Context, autoJoin []string) {
 	wctx, cancel := context.WithCancelCause(ctx)
-	c.end = cancel
+	c.end = c.endFunc(cancel)
 	if !c.hub.register(c) {
 		cancel(nil)
 		c.conn.Close(websocket.StatusGoingAway, errGoingAway.reason)
+		if c.release != nil {
+			c.release()
+		}
 		return
 	}
-	defer c.hub.unregister(c, c.joined) // runs last
-	defer c.startWriting(wctx)()        // runs second: don't return before the writer
-	defer cancel(nil)                   // runs first
+	c.finish = c.startWriting(wctx)
+	c.w.resume = func() { go c.run(ctx) }
 
 	// In token mode the connection closes with 4001 when the token expires.
 	if c.grant != nil {
-		expiry := time.AfterFunc(time.Until(c.grant.Expires), func() { cancel(errTokenExpired) })
-		defer expiry.Stop()
+		c.expiry = time.AfterFunc(time.Until(c.grant.Expires), func() { c.end(errTokenExpired) })
 	}
 
 	c.send(encode(welcomeFrame{TypeWelcome, c.hub.opts.Instance, c.author}))
 	for _, room := range autoJoin {
 		c.handle(ctx, Frame{Type: TypeJoin, Room: room})
 	}
-	if err := c.readLoop(ctx); err != nil {
-		c.log.Debug("connection ended", "err", err)
+	c.run(ctx)
+}
+
+// run reads frames until the connection ends, then ends it: the close,
+// the writer's end, unregistering. It returns early if it parks the
+// connection.
+func (c *client) run(ctx context.Context) {
+	err := c.readLoop(ctx)
+	if err == errParked {
+		return // the connection belongs to the poller now
+	}
+	if err != nil {
+		c.log().Debug("connection ended", "err", err)
+	}
+	if c.expiry != nil {
+		c.expiry.Stop()
+	}
+	c.end(nil)
+	c.finish() // don't end before the writer
+	c.hub.unregister(c, c.joined)
+	if c.release != nil {
+		c.release()
 	}
 }
 
-// readLoop reads frames until the connection ends. The writer closes the
+// readLoop reads frames until the connection ends, or returns errParked
+// when it has parked the idle connection. The writer closes the
 // connection, which is what ends a Read: ctx is never cancelled for that,
 // since cancelling a Read's context drops the connection without a close
 // frame.
 func (c *client) readLoop(ctx context.Context) error {
 	for {
-		c.waitReadable()
+		if c.awaitFrame() {
+			return errParked
+		}
 		typ, data, err := c.conn.Read(ctx)
 		if err != nil {
 			if isNormalEnd(err) {
@@ -174,6 +210,12 @@ func (c *client) submit(ctx context.Context, f Frame) {
 		c.sendError(f.Ref, f.Room, errorf(CodeNotJoined, "join %s before sending to it", f.Room))
 		return
 	}
+	if c.slots == nil {
+		c.slots = make(chan struct{}, c.hub.opts.MaxInflight)
+		if c.hub.opts.RateLimit > 0 {
+			c.limiter = rate.NewLimiter(rate.Limit(c.hub.opts.RateLimit), c.hub.opts.RateBurst)
+		}
+	}
 	if c.limiter != nil && !c.limiter.Allow() {
 		c.sendError(f.Ref, f.Room, errorf(CodeRateLimited, "more than %g messages per second: slow down and resend", c.hub.opts.RateLimit))
 		return
@@ -233,7 +275,7 @@ func (c *client) goAway() {
 func (c *client) fail(ref, room, op string, err error) {
 	var e *Error
 	if !errors.As(err, &e) {
-		c.log.Error(op+" failed", "room", room, "err", err)
+		c.log().Error(op+" failed", "room", room, "err", err)
 	}
 	c.sendError(ref, room, err)
 }

@@ -199,10 +199,12 @@ func (s *server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
+	c := newClient(s.hub, nil, name)
 	uw := &upgradeWriter{ResponseWriter: w, timeout: s.hub.opts.WriteTimeout}
 	conn, err := websocket.Accept(uw, r, &websocket.AcceptOptions{
 		OriginPatterns:  s.opts.AllowedOrigins,
 		CompressionMode: websocket.CompressionDisabled,
+		OnPongReceived:  func(context.Context, []byte) { c.gotPong() },
 	})
 	if err != nil {
 		release()
@@ -212,20 +214,13 @@ func (s *server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// room for a body of MaxMessageBytes JSON-escaped (up to 6 bytes per
 	// byte) plus the other fields, so bodies over it get too_large.
 	conn.SetReadLimit(s.opts.Limits.readLimit(s.hub.opts.MaxMessageBytes))
-	id := s.nextID.Add(1)
-	c := newClient(s.hub, conn, name)
-	c.grant = grant
+	c.conn, c.id, c.grant, c.release = conn, s.nextID.Add(1), grant, release
 	c.w.out, c.w.in, c.w.raw = uw.out, uw.in, uw.raw
-	c.log = s.hub.log.With("conn", id, "author", name)
 	// The request's context must not be used after Accept (http.Hijacker),
 	// so connections live on a context of their own; Hub.Close ends them
 	// and waits for them. The handler returns at once: that frees what
 	// net/http holds per request (its buffers, the request, a goroutine
 	// stack grown by the handshake), a large part of an idle connection's
 	// footprint (docs/performance.md).
-	ctx := context.WithoutCancel(r.Context())
-	go func() {
-		defer release()
-		c.serve(ctx, rooms)
-	}()
+	go c.serve(context.WithoutCancel(r.Context()), rooms)
 }

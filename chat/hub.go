@@ -80,6 +80,7 @@ type Hub struct {
 
 	draining atomic.Bool
 	clients  sync.WaitGroup // client handlers
+	poll     *poller        // wakes idle connections (park.go)
 
 	mu        sync.Mutex
 	rooms     map[string]*room
@@ -119,15 +120,18 @@ func NewHub(db *store.DB, b *store.Batcher, opts Options) *Hub {
 		conns:     make(map[*client]struct{}),
 		needFetch: make(map[string]struct{}),
 		wake:      make(chan struct{}, 1),
+		poll:      newPoller(),
 	}
 }
 
 // Run catches rooms up from the table when they fall behind, checks live
-// rooms every SyncInterval and pings the clients (see pingDue). It returns
-// when ctx is cancelled, after its fetches have stopped.
+// rooms every SyncInterval, pings the clients (see pingDue) and wakes idle
+// connections (park.go). It returns when ctx is cancelled, after its
+// fetches have stopped.
 func (h *Hub) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	wg.Go(func() { h.poll.run(ctx) })
 	tick := time.NewTicker(h.opts.SyncInterval)
 	defer tick.Stop()
 	ping := time.NewTicker(h.opts.pingSweep())
@@ -525,7 +529,7 @@ func (h *Hub) Close(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		for _, c := range conns {
-			c.conn.CloseNow()
+			c.closeNow()
 		}
 		<-done
 		return ctx.Err()

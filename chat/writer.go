@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -17,41 +18,59 @@ import (
 //
 //   - No goroutine while idle: queuing a frame starts a writer goroutine,
 //     which exits once the queue is empty.
-//   - No timer per connection: one sweep per hub sends the keepalive pings.
+//   - No timer per connection: one sweep per hub sends the keepalive pings
+//     and drops peers that did not answer the last one.
 //   - Frames queued together go to the socket in one write (corkWriter),
 //     not one write and one timer per frame.
-//   - Small buffers: coder/websocket gets a 512-byte read buffer and a 512-byte
-//     write buffer instead of net/http's 4 KiB ones.
+//   - Small buffers: coder/websocket gets a 512-byte read buffer and a
+//     256-byte write buffer instead of net/http's 4 KiB ones.
+//
+// Keepalive pings and the pongs that answer a client's pings are written
+// here as raw control frames, and the pongs and pings clients send are read
+// off the socket by the read side (park.go) when they arrive alone, so that
+// keepalives neither need a goroutine waiting for each pong nor wake the
+// library's read for nothing.
 
 const (
-	readBufferSize  = 512 // client frames are small; larger ones are read past the buffer
-	writeBufferSize = 512 // holds a typical frame; the corkWriter batches
+	readBufferSize = 512 // client frames are small; larger ones are read past the buffer
+	// writeBufferSize holds any control frame (at most 2+125 bytes), so
+	// that the library writes each one to the corkWriter in a single Write.
+	writeBufferSize = 256
 	corkFlushSize   = 64 << 10
 )
 
-// writer is a connection's write side, and what the read side needs to
-// wait in a shallow stack. Its fields are guarded by client.mu, except
-// tasks and done.
+// writer is a connection's write side, and what its read side needs to
+// wait without a goroutine. Its fields are guarded by client.mu, except
+// where noted.
 type writer struct {
-	out     *corkWriter                 // nil: frames are written one by one
-	in      *bufio.Reader               // the library's read buffer, if known
-	raw     syscall.RawConn             // the socket, if known
-	closing bool                        // the library may be reading in, for its close handshake
-	spawn   func(func(context.Context)) // runs f on a goroutine with the connection's context
-	running bool                        // a writer goroutine is running
-	closed  bool                        // the connection is closed: no writer starts again
-	pinging bool                        // a ping is waiting for its pong
-	pingAt  time.Time                   // last ping; guarded by Hub.mu
-	spare   [][]byte                    // the last queue written, reused
-	tasks   sync.WaitGroup              // writer and ping goroutines
-	done    chan struct{}               // closed once the connection is closed
+	out     *corkWriter     // nil: frames are written one by one
+	in      *bufio.Reader   // the library's read buffer, if known
+	raw     syscall.RawConn // the socket, if known
+	closing bool            // the library may be reading in, for its close handshake
+	running bool            // a writer goroutine is running
+	closed  bool            // the connection is closed: no writer starts again
+	spare   [][]byte        // the last queue written, reused
+
+	ctrl   []byte // control frame bytes of our own to write first (pings)
+	pong   []byte // the payload of a client's ping to answer
+	pongAt atomic.Int64
+	// Guarded by Hub.mu (pingDue's sweep).
+	nextPing, waitPong int64
+
+	poll pollState // registration with the hub's poller (park.go); guarded by its mu
+
+	// Set before the connection is shared, then read only.
+	spawn  func(func(context.Context)) // runs f on a tracked goroutine with the connection's context
+	resume func()                      // reads on a new goroutine (park.go)
+	tasks  sync.WaitGroup              // writer goroutines
+	done   chan struct{}               // closed once the connection is closed
 }
 
 // startWriting sets up the write side on ctx, the connection's context: a
-// writer goroutine runs whenever frames are queued, and once ctx ends one
-// closes the connection with the cause's close code. It returns a function
-// that waits until the connection is closed and every goroutine of the
-// write side has returned; call it after ctx has ended.
+// writer goroutine runs whenever frames are queued, and once ctx ends
+// (kickEnd) one closes the connection with the cause's close code. It
+// returns a function that waits until the connection is closed and every
+// goroutine of the write side has returned; call it after ctx has ended.
 func (c *client) startWriting(ctx context.Context) (wait func()) {
 	c.mu.Lock()
 	c.w.done = make(chan struct{})
@@ -64,15 +83,32 @@ func (c *client) startWriting(ctx context.Context) (wait func()) {
 	}
 	c.kickLocked() // frames queued before
 	c.mu.Unlock()
-	stop := context.AfterFunc(ctx, func() {
-		c.mu.Lock()
-		c.kickLocked()
-		c.mu.Unlock()
-	})
 	return func() {
 		<-c.w.done
-		stop()
 		c.w.tasks.Wait()
+	}
+}
+
+// endFunc returns the client's end function for cancel, the connection
+// context's: it records the cause and starts a writer to close the
+// connection. It may be called with c.mu held, and many times.
+func (c *client) endFunc(cancel context.CancelCauseFunc) func(error) {
+	var once sync.Once
+	return func(cause error) {
+		first := false
+		once.Do(func() {
+			first = true
+			c.w.tasks.Add(1) // before the context ends, hence before finish waits
+		})
+		cancel(cause)
+		if first {
+			go func() { // c.mu may be held by our caller
+				defer c.w.tasks.Done()
+				c.mu.Lock()
+				c.kickLocked()
+				c.mu.Unlock()
+			}()
+		}
 	}
 }
 
@@ -98,7 +134,9 @@ func (c *client) writeLoop(ctx context.Context) {
 			c.closed()
 			return
 		}
-		if len(c.queue) == 0 {
+		ctrl, pong := c.w.ctrl, c.w.pong
+		c.w.ctrl, c.w.pong = nil, nil
+		if len(c.queue) == 0 && ctrl == nil && pong == nil {
 			// Idle: keep no more than a small queue.
 			c.w.running, c.w.spare = false, nil
 			if cap(c.queue) > 16 {
@@ -109,8 +147,8 @@ func (c *client) writeLoop(ctx context.Context) {
 		}
 		frames := c.takeLocked()
 		c.mu.Unlock()
-		if err := c.writeFrames(ctx, frames); err != nil {
-			c.conn.CloseNow() // the reader sees it and ends the connection
+		if err := c.writeFrames(ctx, frames, ctrl, pong); err != nil {
+			c.closeNow()
 			c.closed()
 			return
 		}
@@ -121,20 +159,28 @@ func (c *client) writeLoop(ctx context.Context) {
 	}
 }
 
-// closed records that the connection is closed. Only the running writer
-// calls it, once.
+// closed records that the connection is closed and wakes its read side.
+// Only the running writer calls it, once.
 func (c *client) closed() {
 	c.mu.Lock()
 	c.w.closed, c.w.running = true, false
 	c.mu.Unlock()
 	close(c.w.done)
+	c.hub.poll.wake(c)
 }
 
-// writeFrames writes frames, in one socket write where it can. Once conn
-// (the connection's context) ends with a cause that does not flush, it
-// stops early without an error: the close frame goes next, and a slow
-// consumer gets nothing more before it.
-func (c *client) writeFrames(conn context.Context, frames [][]byte) error {
+// closeNow drops the connection without a close frame, and wakes its read
+// side (which then ends the connection).
+func (c *client) closeNow() {
+	c.conn.CloseNow()
+	c.hub.poll.wake(c)
+}
+
+// writeFrames writes ctrl and a pong if asked, then frames, in one socket
+// write where it can. Once conn (the connection's context) ends with a
+// cause that does not flush, it stops early without an error: the close
+// frame goes next, and a slow consumer gets nothing more before it.
+func (c *client) writeFrames(conn context.Context, frames [][]byte, ctrl, pong []byte) error {
 	out := c.w.out
 	if out == nil {
 		for _, f := range frames {
@@ -155,6 +201,15 @@ func (c *client) writeFrames(conn context.Context, frames [][]byte) error {
 	// Corked, a Write only copies into memory (the corkWriter bounds the
 	// socket writes with WriteTimeout), so it needs no context of its own.
 	out.cork()
+	// Control frames of our own go between the library's frames: this is
+	// the only goroutine writing data frames, and the library writes its
+	// own control frames to out in one Write (see writeBufferSize).
+	if ctrl != nil {
+		out.Write(ctrl)
+	}
+	if pong != nil {
+		out.Write(append([]byte{0x8a, byte(len(pong))}, pong...))
+	}
 	for _, f := range frames {
 		if conn.Err() != nil && !flushes(context.Cause(conn)) {
 			break
@@ -176,7 +231,7 @@ func flushes(cause error) bool {
 // queued frames if it flushes.
 func (c *client) close(cause error) {
 	c.mu.Lock()
-	c.w.closing = true // see waitReadable
+	c.w.closing = true // see awaitFrame
 	c.mu.Unlock()
 	var cc *closeCause
 	if !errors.As(cause, &cc) {
@@ -187,77 +242,93 @@ func (c *client) close(cause error) {
 		c.mu.Lock()
 		frames := c.takeLocked()
 		c.mu.Unlock()
-		if err := c.writeFrames(context.Background(), frames); err != nil {
+		if err := c.writeFrames(context.Background(), frames, nil, nil); err != nil {
 			c.conn.CloseNow()
 			return
 		}
 	}
 	if cc == errSlowConsumer {
-		c.log.Info("disconnecting slow consumer")
+		c.log().Info("disconnecting slow consumer")
 		c.hub.opts.Metrics.SlowConsumer()
 	}
 	c.conn.Close(cc.code, cc.reason)
 }
 
-// waitReadable blocks until the connection has a frame to read. Waiting
-// here rather than deep in the library's Read keeps an idle connection's
-// goroutine stack small enough for the GC to shrink it (to a quarter, for
-// 10,000 idle connections: docs/performance.md).
-func (c *client) waitReadable() {
-	c.mu.Lock()
-	// The library reads only in Read, which only this goroutine calls,
-	// and in its close handshake, which starts after closing is set.
-	wait := c.w.in != nil && !c.w.closing && c.w.in.Buffered() == 0
-	c.mu.Unlock()
-	if wait {
-		waitSocket(c.w.raw)
-	}
-}
-
-// ping sends a keepalive ping unless one is under way; a peer that does
-// not answer within WriteTimeout is dropped.
-func (c *client) ping() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.w.closed || c.w.pinging || c.w.spawn == nil {
-		return
-	}
-	c.w.pinging = true
-	c.w.spawn(func(ctx context.Context) {
-		pctx, cancel := context.WithTimeout(context.Background(), c.hub.opts.WriteTimeout)
-		err := c.conn.Ping(pctx)
-		cancel()
-		c.mu.Lock()
-		c.w.pinging = false
-		c.mu.Unlock()
-		if err != nil && ctx.Err() == nil {
-			c.log.Debug("ping failed: dropping connection", "err", err)
-			c.conn.CloseNow()
-		}
-	})
-}
+// gotPong records a pong from the client.
+func (c *client) gotPong() { c.w.pongAt.Store(time.Now().UnixNano()) }
 
 // pingSweep is how often the hub looks for clients due a ping.
 func (o *Options) pingSweep() time.Duration { return min(o.PingInterval/4, time.Second) }
 
-// pingDue pings every client last pinged PingInterval ago: one sweep per
-// hub instead of a timer per connection. Clients connect at different
-// times, so their pings are spread out.
+// pingDue pings every client last pinged PingInterval ago, and drops those
+// that did not answer a ping within WriteTimeout: one sweep per hub
+// instead of a timer per connection. Clients connect at different times,
+// so their pings are spread out.
 func (h *Hub) pingDue(now time.Time) {
-	var due []*client
+	var ping, dead []*client
+	t := now.UnixNano()
 	h.mu.Lock()
 	for c := range h.conns {
+		w := &c.w
+		if w.waitPong != 0 {
+			switch {
+			case w.pongAt.Load() >= w.waitPong:
+				w.waitPong = 0
+			case t-w.waitPong > int64(h.opts.WriteTimeout):
+				dead = append(dead, c)
+				continue
+			}
+		}
 		switch {
-		case c.w.pingAt.IsZero():
-			c.w.pingAt = now
-		case now.Sub(c.w.pingAt) >= h.opts.PingInterval:
-			c.w.pingAt = now
-			due = append(due, c)
+		case w.nextPing == 0:
+			w.nextPing = t + int64(h.opts.PingInterval)
+		case t >= w.nextPing && w.waitPong == 0:
+			w.nextPing, w.waitPong = t+int64(h.opts.PingInterval), t
+			ping = append(ping, c)
 		}
 	}
 	h.mu.Unlock()
-	for _, c := range due {
+	for _, c := range ping {
 		c.ping()
+	}
+	for _, c := range dead {
+		c.log().Debug("no pong: dropping connection")
+		c.closeNow()
+	}
+}
+
+// pingFrame is a ping without payload.
+var pingFrame = []byte{0x89, 0}
+
+// ping sends a ping: right away if the socket takes it, else through a
+// writer.
+func (c *client) ping() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.w.closed {
+		return
+	}
+	if c.w.out == nil { // no raw writes: let the library ping
+		c.w.spawn(func(context.Context) {
+			ctx, cancel := context.WithTimeout(context.Background(), c.hub.opts.WriteTimeout)
+			defer cancel()
+			if c.conn.Ping(ctx) == nil {
+				c.gotPong()
+			}
+		})
+		return
+	}
+	n := 0
+	if !c.w.running && c.w.raw != nil {
+		// No writer, so no data frame half written: the library writes its
+		// own control frames to out in one Write, under out.mu.
+		c.w.out.mu.Lock()
+		n = sendNow(c.w.raw, pingFrame)
+		c.w.out.mu.Unlock()
+	}
+	if n < len(pingFrame) {
+		c.w.ctrl = append(c.w.ctrl, pingFrame[n:]...)
+		c.kickLocked()
 	}
 }
 
@@ -326,7 +397,8 @@ func (w *corkWriter) flushLocked() error {
 
 // upgradeWriter is the ResponseWriter given to websocket.Accept: when
 // Accept hijacks the connection, it hands over small buffers and a
-// corkWriter (out) instead of net/http's 4 KiB buffers.
+// corkWriter instead of net/http's 4 KiB buffers, and keeps the socket for
+// the read side.
 type upgradeWriter struct {
 	http.ResponseWriter
 	timeout time.Duration
