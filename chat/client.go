@@ -239,7 +239,7 @@ func (c *client) submit(ctx context.Context, f Frame) {
 		if err != nil {
 			c.sendError(f.Ref, f.Room, err) // the batcher logged it, once per batch
 		} else {
-			c.send(encode(ackFrame{TypeAck, f.Ref, res.Room, res.Seq}))
+			c.send(encodeAck(f.Ref, res.Room, res.Seq))
 		}
 		c.sendDone()
 	})

@@ -214,7 +214,7 @@ const TimeFormat = "2006-01-02T15:04:05.000000Z07:00"
 // EncodeMessage returns the "message" frame for m. The hub encodes each
 // message once and sends the same bytes to every member.
 func EncodeMessage(m store.Message) []byte {
-	return encode(messageFrame{TypeMessage, m.Room, m.Seq, m.Author, m.Body, m.Time.UTC().Format(TimeFormat), m.Instance})
+	return appendMessage(make([]byte, 0, 160+len(m.Room)+len(m.Author)+len(m.Body)+len(m.Instance)), m)
 }
 
 func encode(v any) []byte {

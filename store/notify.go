@@ -70,6 +70,9 @@ func EncodeNotifications(msgs []Message) []string {
 
 // DecodeNotification parses a payload made by EncodeNotifications.
 func DecodeNotification(payload string) (Notification, error) {
+	if n, ok := decodeFast(payload); ok {
+		return n, nil
+	}
 	var p struct {
 		Room string            `json:"room"`
 		Msgs []notifiedMessage `json:"msgs"`
