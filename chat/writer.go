@@ -198,12 +198,11 @@ func (c *client) writeFrames(conn context.Context, frames [][]byte, ctrl, pong [
 		}
 		return nil
 	}
-	// Corked, a Write only copies into memory (the corkWriter bounds the
-	// socket writes with WriteTimeout), so it needs no context of its own.
+	// Frames are written here, not through the library, into out, corked:
+	// one copy each, one socket write for the lot. The library only writes
+	// its own control frames (close, pongs), each in one Write to out (see
+	// writeBufferSize), so they never land inside one of ours.
 	out.cork()
-	// Control frames of our own go between the library's frames: this is
-	// the only goroutine writing data frames, and the library writes its
-	// own control frames to out in one Write (see writeBufferSize).
 	if ctrl != nil {
 		out.Write(ctrl)
 	}
@@ -214,7 +213,7 @@ func (c *client) writeFrames(conn context.Context, frames [][]byte, ctrl, pong [
 		if conn.Err() != nil && !flushes(context.Cause(conn)) {
 			break
 		}
-		if err := c.conn.Write(context.Background(), websocket.MessageText, f); err != nil {
+		if err := out.writeText(f); err != nil {
 			out.uncork()
 			return err
 		}
@@ -332,25 +331,67 @@ func (c *client) ping() {
 	}
 }
 
-// corkWriter is where coder/websocket's buffered writer writes. Between
-// cork and uncork it collects the bytes of the frames written and sends
-// them in one socket write (or one per corkFlushSize); otherwise, for the
-// control frames the library writes by itself (pongs, close), it writes
-// through. Safe for concurrent use.
+// corkWriter is the connection's socket for writing, below
+// coder/websocket's buffered writer and beside it: the writer goroutine
+// writes data frames with writeText. Between cork and uncork it collects
+// the bytes written and sends them in one socket write (or one per
+// corkFlushSize); otherwise it writes through. Safe for concurrent use.
 type corkWriter struct {
 	conn    net.Conn
 	timeout time.Duration // for each socket write made while corked
 
-	mu     sync.Mutex
-	corked bool
-	buf    *[]byte // from corkPool, while corked
+	mu        sync.Mutex
+	corked    bool
+	buf       *[]byte // from corkPool, while corked
+	closeSent bool    // the library wrote a close frame: no more frames
 }
 
 var corkPool = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
 
+// Write is for the library and for our own control frames: each Write is
+// one whole frame.
 func (w *corkWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if len(p) > 0 && p[0]&0x0f == 0x8 {
+		w.closeSent = true
+	}
+	return w.writeLocked(p)
+}
+
+// writeText writes a text frame holding p. Call it between cork and
+// uncork.
+func (w *corkWriter) writeText(p []byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closeSent {
+		return net.ErrClosed
+	}
+	var hdr [10]byte
+	h := hdr[:2]
+	hdr[0] = 0x81 // FIN + text; server frames are not masked
+	switch n := len(p); {
+	case n < 126:
+		hdr[1] = byte(n)
+	case n <= 0xffff:
+		hdr[1], hdr[2], hdr[3] = 126, byte(n>>8), byte(n)
+		h = hdr[:4]
+	default:
+		hdr[1] = 127
+		for i := range 8 {
+			hdr[2+i] = byte(n >> (56 - 8*i))
+		}
+		h = hdr[:10]
+	}
+	if !w.corked {
+		return errors.New("corkWriter.writeText: not corked")
+	}
+	*w.buf = append(*w.buf, h...)
+	_, err := w.writeLocked(p)
+	return err
+}
+
+func (w *corkWriter) writeLocked(p []byte) (int, error) {
 	if !w.corked {
 		return w.conn.Write(p)
 	}

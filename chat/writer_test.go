@@ -192,3 +192,55 @@ func TestFramesBatchedIntact(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteText: text frames of every length encoding, and none after the
+// library's close frame.
+func TestWriteText(t *testing.T) {
+	t.Parallel()
+	fc := &fakeConn{}
+	w := &corkWriter{conn: fc, timeout: time.Second}
+	sizes := []int{0, 1, 125, 126, 65535, 65536, 70000}
+	w.cork()
+	for _, n := range sizes {
+		if err := w.writeText(bytes.Repeat([]byte{'x'}, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.uncork(); err != nil {
+		t.Fatal(err)
+	}
+	var stream []byte
+	for _, b := range fc.writes {
+		stream = append(stream, b...)
+	}
+	for _, want := range sizes {
+		if len(stream) < 2 || stream[0] != 0x81 || stream[1]&0x80 != 0 {
+			t.Fatalf("frame of %d: header % x, want 81 and an unmasked length", want, stream[:min(len(stream), 2)])
+		}
+		n, hdr := int(stream[1]), 2
+		switch n {
+		case 126:
+			n, hdr = int(stream[2])<<8|int(stream[3]), 4
+		case 127:
+			n = 0
+			for i := range 8 {
+				n = n<<8 | int(stream[2+i])
+			}
+			hdr = 10
+		}
+		if n != want || len(stream) < hdr+n || !bytes.Equal(stream[hdr:hdr+n], bytes.Repeat([]byte{'x'}, n)) {
+			t.Fatalf("frame of %d bytes read back as %d bytes", want, n)
+		}
+		stream = stream[hdr+n:]
+	}
+	if len(stream) != 0 {
+		t.Fatalf("%d bytes after the frames", len(stream))
+	}
+
+	w.Write([]byte{0x88, 2, 0x03, 0xe8}) // the library's close frame
+	w.cork()
+	if err := w.writeText([]byte("late")); err == nil {
+		t.Error("writeText after a close frame succeeded, want an error")
+	}
+	w.uncork()
+}
