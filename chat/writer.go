@@ -51,15 +51,15 @@ type writer struct {
 	closed  bool            // the connection is closed: no writer starts again
 	spare   [][]byte        // the last queue written, reused
 
-	ctrl   []byte // control frame bytes of our own to write first (pings)
-	pong   []byte // the payload of a client's ping to answer
-	pongAt atomic.Int64
-	// Guarded by Hub.mu (pingDue's sweep).
+	ctrl   []byte       // control frame bytes of our own to write first (pings)
+	pong   []byte       // the payload of a client's ping to answer
+	pongAt atomic.Int64 // when the last pong came (mono)
+	// Guarded by Hub.mu (pingDue's sweep); mono times.
 	nextPing, waitPong int64
 
 	poll pollState // registration with the hub's poller (park.go); guarded by its mu
 
-	// Set before the connection is shared, then read only.
+	// Set by serve before the read side first runs, then read only.
 	spawn  func(func(context.Context)) // runs f on a tracked goroutine with the connection's context
 	resume func()                      // reads on a new goroutine (park.go)
 	tasks  sync.WaitGroup              // writer goroutines
@@ -68,7 +68,7 @@ type writer struct {
 
 // startWriting sets up the write side on ctx, the connection's context: a
 // writer goroutine runs whenever frames are queued, and once ctx ends
-// (kickEnd) one closes the connection with the cause's close code. It
+// (see endFunc) one closes the connection with the cause's close code. It
 // returns a function that waits until the connection is closed and every
 // goroutine of the write side has returned; call it after ctx has ended.
 func (c *client) startWriting(ctx context.Context) (wait func()) {
@@ -254,7 +254,14 @@ func (c *client) close(cause error) {
 }
 
 // gotPong records a pong from the client.
-func (c *client) gotPong() { c.w.pongAt.Store(time.Now().UnixNano()) }
+func (c *client) gotPong() { c.w.pongAt.Store(mono(time.Now())) }
+
+// monoBase makes mono's times monotonic: a wall clock step does not make
+// the ping sweep drop live peers.
+var monoBase = time.Now()
+
+// mono returns t as nanoseconds since monoBase, on the monotonic clock.
+func mono(t time.Time) int64 { return int64(t.Sub(monoBase)) }
 
 // pingSweep is how often the hub looks for clients due a ping.
 func (o *Options) pingSweep() time.Duration { return min(o.PingInterval/4, time.Second) }
@@ -265,7 +272,7 @@ func (o *Options) pingSweep() time.Duration { return min(o.PingInterval/4, time.
 // so their pings are spread out.
 func (h *Hub) pingDue(now time.Time) {
 	var ping, dead []*client
-	t := now.UnixNano()
+	t := mono(now)
 	h.mu.Lock()
 	for c := range h.conns {
 		w := &c.w
@@ -304,7 +311,7 @@ var pingFrame = []byte{0x89, 0}
 func (c *client) ping() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.w.closed {
+	if c.w.closed || c.w.spawn == nil { // ended, or not started
 		return
 	}
 	if c.w.out == nil { // no raw writes: let the library ping
