@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/pgchat/pgchat/chat"
 )
@@ -297,11 +296,7 @@ func TestTokenCommand(t *testing.T) {
 
 func queryRow(t *testing.T, db, sql string, dest ...any) error {
 	t.Helper()
-	conn, err := pgx.Connect(t.Context(), db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.WithoutCancel(t.Context()))
+	conn := dbConn(t, db)
 	return conn.QueryRow(t.Context(), sql).Scan(dest...)
 }
 

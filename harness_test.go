@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pgchat/pgchat/store/storetest"
 )
@@ -262,6 +263,18 @@ func checkSeqs(t testing.TB, who string, msgs []frame, from int64) {
 			t.Fatalf("%s: message %d has seq %d, want %d (gap, duplicate or reorder)", who, i, m.Seq, want)
 		}
 	}
+}
+
+// dbConn connects to the database at url for t's queries; it is closed
+// when t ends.
+func dbConn(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
 }
 
 // newDB returns a fresh migrated database for t.

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // scrape reads base's /metrics into a map from series (name plus labels, as
@@ -129,11 +127,7 @@ func TestMetrics(t *testing.T) {
 
 	// Cut app-2's LISTEN connection: it reconnects and catches its room up
 	// from the table.
-	conn, err := pgx.Connect(t.Context(), db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(t.Context())
+	conn := dbConn(t, db)
 	if _, err := conn.Exec(t.Context(), `select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'pgchat app-2 listener'`); err != nil {
 		t.Fatal(err)
 	}

@@ -41,12 +41,8 @@ func TestCrossInstanceDelivery(t *testing.T) {
 
 	var room, author, body, inst string
 	var seq int64
-	conn, err := pgx.Connect(t.Context(), db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(t.Context())
-	err = conn.QueryRow(t.Context(), "select room, seq, author, body, instance from messages").Scan(&room, &seq, &author, &body, &inst)
+	conn := dbConn(t, db)
+	err := conn.QueryRow(t.Context(), "select room, seq, author, body, instance from messages").Scan(&room, &seq, &author, &body, &inst)
 	if err != nil || room != "general" || seq != 1 || author != "alice" || body != "hi from app-1" || inst != "app-1" {
 		t.Fatalf("messages row = %s %d %s %q %s (err %v), want general 1 alice %q app-1", room, seq, author, body, inst, err, "hi from app-1")
 	}
@@ -210,11 +206,7 @@ func TestResendSameRefIsStoredOnce(t *testing.T) {
 		t.Fatalf("bob's x-1 acked seq %d, want 3", ack.Seq)
 	}
 	var n int
-	conn, err := pgx.Connect(t.Context(), db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(t.Context())
+	conn := dbConn(t, db)
 	if err := conn.QueryRow(t.Context(), "select count(*) from messages where author = 'alice' and ref = 'x-1'").Scan(&n); err != nil || n != 1 {
 		t.Fatalf("alice's x-1 stored %d times (err %v), want once", n, err)
 	}
@@ -230,11 +222,7 @@ func TestListenerKilledMidStream(t *testing.T) {
 	alice, bob := dial(t, a.URL, name("alice")), dial(t, b.URL, name("bob"))
 	alice.join("r")
 	bob.join("r")
-	conn, err := pgx.Connect(t.Context(), db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(t.Context())
+	conn := dbConn(t, db)
 	const total = 300
 	for i := range total {
 		alice.send("r", fmt.Sprint("m", i), fmt.Sprint("c", i))
@@ -398,11 +386,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if err := <-stopped; err != nil {
 		t.Fatalf("serve returned %v", err)
 	}
-	conn, err := pgx.Connect(t.Context(), db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(t.Context())
+	conn := dbConn(t, db)
 	var stored []string
 	if err := conn.QueryRow(t.Context(), "select coalesce(array_agg(ref), '{}') from messages").Scan(&stored); err != nil {
 		t.Fatal(err)
@@ -489,11 +473,7 @@ func TestKilledInstanceMessagesStillArrive(t *testing.T) {
 	doomed.cmd.Wait()
 	// The dead instance's backends may still be committing: end them so
 	// the table is final.
-	conn, err := pgx.Connect(t.Context(), db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(t.Context())
+	conn := dbConn(t, db)
 	if _, err := conn.Exec(t.Context(), `select pg_terminate_backend(pid) from pg_stat_activity
 		where datname = current_database() and application_name like 'pgchat app-doomed%'`); err != nil {
 		t.Fatal(err)
