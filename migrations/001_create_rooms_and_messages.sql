@@ -1,4 +1,4 @@
--- Rooms are created on their first join or send. last_seq is the room's head,
+-- Rooms are created by their first message. last_seq is the room's head,
 -- the seq of its newest message. Every append locks the room's row and bumps
 -- last_seq in the same transaction, so seqs are handed out in commit order
 -- with no gaps (a sequence would allocate before commit and let a reader
