@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -574,4 +575,57 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+func TestHistoryEndpoint(t *testing.T) {
+	t.Parallel()
+	db := newDB(t)
+	a := startInstance(t, testEnv(db, "app-1"))
+	alice := dial(t, a.URL, name("alice"))
+	alice.join("r")
+	alice.join("empty")
+	for i := range 5 {
+		alice.send("r", fmt.Sprint("m", i+1), fmt.Sprint("c", i))
+		alice.nextOf("ack")
+	}
+	type page struct {
+		Head     int64   `json:"head"`
+		Messages []frame `json:"messages"`
+		Code     string  `json:"code"`
+	}
+	get := func(path string) (int, page) {
+		t.Helper()
+		resp, err := http.Get(a.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var p page
+		if err := json.NewDecoder(resp.Body).Decode(&p); err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		return resp.StatusCode, p
+	}
+	for _, tc := range []struct {
+		path     string
+		status   int
+		head     int64
+		first, n int64
+		code     string
+	}{
+		{"/api/rooms/r/messages", 200, 5, 1, 5, ""},
+		{"/api/rooms/r/messages?limit=2", 200, 5, 4, 2, ""},
+		{"/api/rooms/r/messages?before=4&limit=2", 200, 5, 2, 2, ""},
+		{"/api/rooms/r/messages?before=100&limit=2", 200, 5, 4, 2, ""},
+		{"/api/rooms/empty/messages", 404, 0, 0, 0, "not_found"}, // joined, never written to
+		{"/api/rooms/nowhere/messages", 404, 0, 0, 0, "not_found"},
+		{"/api/rooms/r/messages?limit=0", 400, 0, 0, 0, "bad_request"},
+	} {
+		status, p := get(tc.path)
+		if status != tc.status || p.Code != tc.code || p.Head != tc.head || int64(len(p.Messages)) != tc.n {
+			t.Errorf("GET %s = %d %+v, want %d code %q head %d with %d messages", tc.path, status, p, tc.status, tc.code, tc.head, tc.n)
+			continue
+		}
+		checkSeqs(t, tc.path, p.Messages, tc.first)
+	}
 }

@@ -102,17 +102,17 @@ func (s *server) serveHistory(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.hub.opts.WriteTimeout)
 	defer cancel()
-	heads, err := s.hub.db.Heads(ctx, []string{room})
-	if err != nil {
-		s.hub.log.Error("history", "room", room, "err", err)
-		writeJSONError(w, http.StatusServiceUnavailable, err)
-		return
-	}
-	if _, ok := heads[room]; !ok {
-		writeJSONError(w, http.StatusNotFound, errorf(CodeNotFound, "no room %s", room))
-		return
-	}
 	head, msgs, err := s.hub.db.Before(ctx, room, before, limit)
+	if err == nil && head == 0 {
+		// Empty or unknown: only then is it worth asking which.
+		var heads map[string]int64
+		if heads, err = s.hub.db.Heads(ctx, []string{room}); err == nil {
+			if _, ok := heads[room]; !ok {
+				writeJSONError(w, http.StatusNotFound, errorf(CodeNotFound, "no room %s", room))
+				return
+			}
+		}
+	}
 	if err != nil {
 		s.hub.log.Error("history", "room", room, "err", err)
 		writeJSONError(w, http.StatusServiceUnavailable, err)
