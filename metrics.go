@@ -30,6 +30,7 @@ type metrics struct {
 	listenerReconnects prometheus.Counter
 	gapFetches         prometheus.Counter
 	slowConsumers      prometheus.Counter
+	disconnects        *prometheus.CounterVec
 
 	listens atomic.Int64 // successful LISTENs so far
 }
@@ -89,7 +90,12 @@ func newMetrics() *metrics {
 			Name: "pgchat_slow_consumer_disconnects_total",
 			Help: "Clients disconnected (1008) because their queue was full.",
 		}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgchat_disconnects_total",
+			Help: "WebSocket connections ended, by cause (README lists them).",
+		}, []string{"cause"}),
 	}
+	m.reg.MustRegister(m.disconnects)
 	m.reg.MustRegister(
 		m.connections, m.memberships, m.accepted, m.delivered, m.batchSize,
 		m.commitFailures, m.commitSeconds, m.deliverySeconds,
@@ -114,6 +120,7 @@ func (m *metrics) Delivered(n int)          { m.delivered.Add(float64(n)) }
 func (m *metrics) Fanout(lag time.Duration) { m.deliverySeconds.Observe(lag.Seconds()) }
 func (m *metrics) GapFetch()                { m.gapFetches.Inc() }
 func (m *metrics) SlowConsumer()            { m.slowConsumers.Inc() }
+func (m *metrics) Disconnect(cause string)  { m.disconnects.WithLabelValues(cause).Inc() }
 
 // commit is the batcher's OnCommit.
 func (m *metrics) commit(size, fresh int, took time.Duration, err error) {

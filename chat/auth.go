@@ -16,7 +16,7 @@ import (
 // before it reconnects.
 const StatusTokenExpired websocket.StatusCode = 4001
 
-var errTokenExpired = &closeCause{code: StatusTokenExpired, reason: "token expired"}
+var errTokenExpired = &closeCause{code: StatusTokenExpired, reason: "token expired", label: "token_expired"}
 
 // maxTokenLen bounds the tokens ParseToken looks at; a token with a few
 // hundred room patterns is still far below it.

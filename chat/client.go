@@ -3,73 +3,77 @@ package chat
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
-	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
 	"golang.org/x/time/rate"
 
+	"github.com/pgchat/pgchat/chat/internal/wsconn"
 	"github.com/pgchat/pgchat/store"
 )
 
-// closeCause ends a connection with a WebSocket close code and reason.
+// closeCause ends a connection with a WebSocket close code and reason;
+// label is its cause in the disconnect metrics.
 type closeCause struct {
 	code   websocket.StatusCode
 	reason string
+	label  string
 	flush  bool // write what is queued before closing
 }
 
 func (e *closeCause) Error() string { return e.reason }
 
 var (
-	errSlowConsumer = &closeCause{code: websocket.StatusPolicyViolation, reason: "slow consumer: reconnect and join with since"}
-	errGoingAway    = &closeCause{code: websocket.StatusGoingAway, reason: "server shutting down: reconnect", flush: true}
-	errOutOfSync    = &closeCause{code: websocket.StatusInternalError, reason: "out of sync: reconnect and join with since"}
+	errSlowConsumer = &closeCause{code: websocket.StatusPolicyViolation, reason: "slow consumer: reconnect and join with since", label: "slow_consumer"}
+	errGoingAway    = &closeCause{code: websocket.StatusGoingAway, reason: "server shutting down: reconnect", label: "shutdown", flush: true}
+	errOutOfSync    = &closeCause{code: websocket.StatusInternalError, reason: "out of sync: reconnect and join with since", label: "out_of_sync"}
 	errShuttingDown = errorf(CodeUnavailable, "server is shutting down: reconnect and retry with the same ref")
 )
 
-// client is one WebSocket connection. Its read side (the read loop, which
-// owns joined, limiter and joins) runs on one goroutine at a time, none
-// while the connection is idle (park.go); writes to conn are made by a
-// writer goroutine that runs only while frames are queued (writer.go).
-// Other goroutines (the hub, the batcher) only queue frames with send,
-// which never blocks.
+// socket is all the hub and the batcher's callbacks see of a connection
+// (a *wsconn.Conn): queue a frame without blocking (false: slow
+// consumer), and close.
+type socket interface {
+	Queue(frame []byte) bool
+	WaitQueued(ctx context.Context, n int) error
+	Close(cause string, code int, reason string)
+	CloseAfterQueued(cause string, code int, reason string)
+	Abort(cause, reason string)
+}
+
+// client is one WebSocket connection's chat state. The connection itself
+// (reading, writing, keepalive, closing) is its socket's (wsconn.Conn):
+// the socket calls Message on its read side, one frame at a time, so the
+// read side's fields (joined, limiter, joins, slots) need no lock; any
+// goroutine may queue frames with send, which never blocks.
 type client struct {
 	hub     *Hub
-	conn    *websocket.Conn
+	sock    socket
 	id      uint64
 	author  string
 	limiter *rate.Limiter   // sends; made on the first
-	joined  map[string]bool // rooms joined; read loop only
+	joined  map[string]bool // rooms joined; read side only
 	grant   *Grant          // the token's rooms and expiry; nil: anonymous mode
 	joins   *rate.Limiter   // bounds join/leave churn: each join reads the table
 	expiry  *time.Timer     // the token's; nil in anonymous mode
 	release func()          // gives back the connection's slot under the limits
-	finish  func()          // waits for the write side to finish
+	cut     atomic.Bool     // cut as a slow consumer: counted and logged once
 
-	// end asks the writer to close the connection with the cause's code.
-	end func(cause error)
-
-	mu       sync.Mutex // guards the queue and the in-flight count
-	queue    [][]byte   // frames waiting for the writer
-	queued   int        // bytes in queue
+	mu       sync.Mutex // guards inflight and draining
 	inflight int        // sends waiting for their ack
 	draining bool       // no new sends; close once inflight is 0
-	w        writer     // the write side (writer.go)
-	space    chan struct{}
-	slots    chan struct{} // bounds inflight: back-pressure on the read loop; made on the first send
+	slots    chan struct{} // bounds inflight: back-pressure on the read side; made on the first send
 }
 
-func newClient(h *Hub, conn *websocket.Conn, author string) *client {
+func newClient(h *Hub, sock socket, author string) *client {
 	c := &client{
 		hub:    h,
-		conn:   conn,
+		sock:   sock,
 		author: author,
 		joined: make(map[string]bool),
-		space:  make(chan struct{}, 1),
 	}
 	if h.opts.RateLimit > 0 {
 		// A (re)connecting client may join all its rooms at once.
@@ -84,86 +88,77 @@ func (c *client) log() *slog.Logger {
 	return c.hub.log.With("conn", c.id, "author", c.author)
 }
 
-// serve runs the connection: it registers it, sends the welcome, joins the
-// rooms of the URL, then reads. It returns when the connection has ended
-// (and its writer has stopped), or sooner, when the connection is idle
-// and parked (park.go): then a later frame resumes it on another
-// goroutine, and the read side that sees the connection end finishes it.
-func (c *client) serve(ctx context.Context, autoJoin []string) {
-	wctx, cancel := context.WithCancelCause(ctx)
-	c.end = c.endFunc(cancel)
+// serve runs the connection on conn: it registers it, sends the welcome,
+// joins the rooms of the URL, then serves conn's frames. It returns when
+// the connection has ended or is parked idle (wsconn); Closed, called
+// once by conn when both its sides are done, unregisters it.
+func (c *client) serve(conn *wsconn.Conn, autoJoin []string) {
 	if !c.hub.register(c) {
-		cancel(nil)
-		c.conn.Close(websocket.StatusGoingAway, errGoingAway.reason)
-		if c.release != nil {
-			c.release()
-		}
+		conn.Close(errGoingAway.label, int(errGoingAway.code), errGoingAway.reason)
+		conn.Serve(closedOnly{c.release})
 		return
 	}
-	c.finish = c.startWriting(wctx)
-	c.w.resume = func() { go c.run(ctx) }
-
 	// In token mode the connection closes with 4001 when the token expires.
 	if c.grant != nil {
 		c.expiry = time.AfterFunc(time.Until(c.grant.Expires), func() { c.end(errTokenExpired) })
 	}
-
+	ctx := conn.Context()
 	c.send(encode(welcomeFrame{TypeWelcome, c.hub.opts.Instance, c.author}))
 	for _, room := range autoJoin {
 		c.handle(ctx, Frame{Type: TypeJoin, Room: room})
 	}
-	c.run(ctx)
+	conn.Serve(c)
 }
 
-// run reads frames until the connection ends, then ends it: the close,
-// the writer's end, unregistering. It returns early if it parks the
-// connection.
-func (c *client) run(ctx context.Context) {
-	err := c.readLoop(ctx)
-	if err == errParked {
-		return // the connection belongs to the poller now
+// closedOnly is the wsconn.Handler of a connection refused at once.
+type closedOnly struct{ release func() }
+
+func (closedOnly) Message(context.Context, bool, []byte) {}
+func (h closedOnly) Closed(wsconn.End) {
+	if h.release != nil {
+		h.release()
 	}
+}
+
+// Message handles one frame from the client (wsconn.Handler).
+func (c *client) Message(ctx context.Context, text bool, data []byte) {
+	if !text {
+		c.sendError("", "", errorf(CodeBadRequest, "binary frames are not supported: send JSON text frames"))
+		return
+	}
+	f, err := DecodeFrame(data, c.hub.opts.MaxMessageBytes)
 	if err != nil {
-		c.log().Debug("connection ended", "err", err)
+		c.sendError(f.Ref, f.Room, err)
+		return
 	}
+	c.handle(ctx, f)
+}
+
+// Closed unregisters the ended connection (wsconn.Handler).
+func (c *client) Closed(end wsconn.End) {
+	if end.Err != nil || end.Cause == wsconn.CauseProtocol {
+		c.log().Debug("connection ended", "cause", end.Cause, "code", end.Code, "reason", end.Reason, "err", end.Err)
+	}
+	c.hub.opts.Metrics.Disconnect(end.Cause)
 	if c.expiry != nil {
 		c.expiry.Stop()
 	}
-	c.end(nil)
-	c.finish() // don't end before the writer
 	c.hub.unregister(c, c.joined)
 	if c.release != nil {
 		c.release()
 	}
 }
 
-// readLoop reads frames until the connection ends, or returns errParked
-// when it has parked the idle connection. The writer closes the
-// connection, which is what ends a Read: ctx is never cancelled for that,
-// since cancelling a Read's context drops the connection without a close
-// frame.
-func (c *client) readLoop(ctx context.Context) error {
-	for {
-		if c.awaitFrame() {
-			return errParked
-		}
-		typ, data, err := c.conn.Read(ctx)
-		if err != nil {
-			if isNormalEnd(err) {
-				return nil
-			}
-			return err
-		}
-		if typ != websocket.MessageText {
-			c.sendError("", "", errorf(CodeBadRequest, "binary frames are not supported: send JSON text frames"))
-			continue
-		}
-		f, err := DecodeFrame(data, c.hub.opts.MaxMessageBytes)
-		if err != nil {
-			c.sendError(f.Ref, f.Room, err)
-			continue
-		}
-		c.handle(ctx, f)
+// end closes the connection for cause, a *closeCause.
+func (c *client) end(cause error) {
+	var cc *closeCause
+	if !errors.As(cause, &cc) {
+		cc = &closeCause{code: websocket.StatusNormalClosure, label: "server"}
+	}
+	if cc.flush {
+		c.sock.CloseAfterQueued(cc.label, int(cc.code), cc.reason)
+	} else {
+		c.sock.Close(cc.label, int(cc.code), cc.reason)
 	}
 }
 
@@ -288,57 +283,31 @@ func (c *client) sendError(ref, room string, err error) {
 // SendBuffer is disconnected as a slow consumer: it reconnects and resumes
 // with since, and nobody else waits for it.
 func (c *client) send(frame []byte) {
-	c.mu.Lock()
-	if c.queued+len(frame) > c.hub.opts.SendBuffer {
-		c.mu.Unlock()
-		c.end(errSlowConsumer)
-		return
+	if !c.sock.Queue(frame) {
+		c.cutSlow()
 	}
-	c.queue = append(c.queue, frame)
-	c.queued += len(frame)
-	c.kickLocked()
-	c.mu.Unlock()
+}
+
+// cutSlow disconnects the client as a slow consumer.
+func (c *client) cutSlow() {
+	if c.cut.CompareAndSwap(false, true) {
+		c.log().Info("disconnecting slow consumer", "send_buffer", c.hub.opts.SendBuffer)
+		c.hub.opts.Metrics.SlowConsumer()
+	}
+	c.end(errSlowConsumer)
 }
 
 // sendWait queues a frame, first waiting until the queue is at most half
-// full. Only the read loop uses it, for replays, which may be larger than
+// full. Only the read side uses it, for replays, which may be larger than
 // the queue.
 func (c *client) sendWait(ctx context.Context, frame []byte) error {
-	for {
-		c.mu.Lock()
-		if c.queued+len(frame) <= c.hub.opts.SendBuffer/2 || c.queued == 0 {
-			c.mu.Unlock()
-			c.send(frame)
-			return nil
-		}
-		c.mu.Unlock()
-		select {
-		case <-c.space:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(c.hub.opts.WriteTimeout):
+	if err := c.sock.WaitQueued(ctx, c.hub.opts.SendBuffer/2-len(frame)); err != nil {
+		if errors.Is(err, wsconn.ErrSlow) {
+			c.cutSlow()
 			return errSlowConsumer
 		}
+		return err
 	}
-}
-
-// takeLocked empties the queue and returns what it held. Call with c.mu
-// held.
-func (c *client) takeLocked() [][]byte {
-	q := c.queue
-	c.queue, c.w.spare, c.queued = c.w.spare, nil, 0
-	select {
-	case c.space <- struct{}{}:
-	default:
-	}
-	return q
-}
-
-// isNormalEnd reports whether err is how connections normally end.
-func isNormalEnd(err error) bool {
-	switch websocket.CloseStatus(err) {
-	case websocket.StatusNormalClosure, websocket.StatusGoingAway, websocket.StatusNoStatusRcvd:
-		return true
-	}
-	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, context.Canceled)
+	c.send(frame)
+	return nil
 }

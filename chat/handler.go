@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
+	"github.com/pgchat/pgchat/chat/internal/wsconn"
 )
 
 // HandlerOptions configures NewHandler.
@@ -199,28 +199,24 @@ func (s *server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	c := newClient(s.hub, nil, name)
-	uw := &upgradeWriter{ResponseWriter: w, timeout: s.hub.opts.WriteTimeout}
-	conn, err := websocket.Accept(uw, r, &websocket.AcceptOptions{
-		OriginPatterns:  s.opts.AllowedOrigins,
-		CompressionMode: websocket.CompressionDisabled,
-		OnPongReceived:  func(context.Context, []byte) { c.gotPong() },
+	conn, err := s.hub.sockets.Upgrade(w, r, wsconn.UpgradeOptions{
+		OriginPatterns: s.opts.AllowedOrigins,
+		// Larger frames close the connection with 1009; by default there
+		// is room for a body of MaxMessageBytes JSON-escaped (up to 6
+		// bytes per byte) plus the other fields, so bodies over it get
+		// too_large.
+		ReadLimit: int(s.opts.Limits.readLimit(s.hub.opts.MaxMessageBytes)),
 	})
 	if err != nil {
 		release()
-		return // Accept has answered the request
+		return // Upgrade has answered the request
 	}
-	// Larger frames close the connection with 1009; by default there is
-	// room for a body of MaxMessageBytes JSON-escaped (up to 6 bytes per
-	// byte) plus the other fields, so bodies over it get too_large.
-	conn.SetReadLimit(s.opts.Limits.readLimit(s.hub.opts.MaxMessageBytes))
-	c.conn, c.id, c.grant, c.release = conn, s.nextID.Add(1), grant, release
-	c.w.out, c.w.in, c.w.raw = uw.out, uw.in, uw.raw
-	// The request's context must not be used after Accept (http.Hijacker),
-	// so connections live on a context of their own; Hub.Close ends them
-	// and waits for them. The handler returns at once: that frees what
-	// net/http holds per request (its buffers, the request, a goroutine
-	// stack grown by the handshake), a large part of an idle connection's
-	// footprint (docs/performance.md).
-	go c.serve(context.WithoutCancel(r.Context()), rooms)
+	c := newClient(s.hub, conn, name)
+	c.id, c.grant, c.release = s.nextID.Add(1), grant, release
+	// The handler returns at once: that frees what net/http holds per
+	// request (its buffers, the request, a goroutine stack grown by the
+	// handshake), a large part of an idle connection's footprint
+	// (docs/performance.md). The connection's context is its own
+	// (conn.Context); Hub.Close ends it and waits for it.
+	go c.serve(conn, rooms)
 }

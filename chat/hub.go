@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pgchat/pgchat/chat/internal/wsconn"
 	"github.com/pgchat/pgchat/store"
 )
 
@@ -79,8 +80,8 @@ type Hub struct {
 	log     *slog.Logger
 
 	draining atomic.Bool
-	clients  sync.WaitGroup // client handlers
-	poll     *poller        // wakes idle connections (park.go)
+	clients  sync.WaitGroup // registered connections, until their Closed
+	sockets  *wsconn.Set    // the connections' keepalive and idle parking; Run runs it
 
 	mu        sync.Mutex
 	rooms     map[string]*room
@@ -120,30 +121,30 @@ func NewHub(db *store.DB, b *store.Batcher, opts Options) *Hub {
 		conns:     make(map[*client]struct{}),
 		needFetch: make(map[string]struct{}),
 		wake:      make(chan struct{}, 1),
-		poll:      newPoller(),
+		sockets: wsconn.NewSet(wsconn.Options{
+			PingInterval: opts.PingInterval,
+			WriteTimeout: opts.WriteTimeout,
+			MaxQueued:    opts.SendBuffer,
+		}),
 	}
 }
 
-// Run catches rooms up from the table when they fall behind, checks live
-// rooms every SyncInterval, pings the clients (see pingDue) and wakes idle
-// connections (park.go). It returns when ctx is cancelled, after its
-// fetches have stopped.
+// Run catches rooms up from the table when they fall behind and checks
+// live rooms every SyncInterval; it also runs the connections' Set
+// (keepalive pings, waking idle connections: wsconn). It returns when ctx
+// is cancelled, after its fetches and the Set have stopped.
 func (h *Hub) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Go(func() { h.poll.run(ctx) })
+	wg.Go(func() { h.sockets.Run(ctx) })
 	tick := time.NewTicker(h.opts.SyncInterval)
 	defer tick.Stop()
-	ping := time.NewTicker(h.opts.pingSweep())
-	defer ping.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 			h.checkHeads(ctx)
-		case now := <-ping.C:
-			h.pingDue(now)
 		case <-h.wake:
 			h.mu.Lock()
 			names := make([]string, 0, len(h.needFetch))
@@ -529,7 +530,7 @@ func (h *Hub) Close(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		for _, c := range conns {
-			c.closeNow()
+			c.sock.Abort("shutdown_timeout", "server shutting down")
 		}
 		<-done
 		return ctx.Err()

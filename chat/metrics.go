@@ -23,6 +23,12 @@ type Metrics interface {
 	// SlowConsumer counts one client disconnected because its queue was
 	// full.
 	SlowConsumer()
+	// Disconnect counts one connection ended, by cause: the wsconn.Cause*
+	// labels (peer_closed, peer_gone, protocol_error, invalid_utf8,
+	// too_large, control_flood, fragment_flood, keepalive, write_failed)
+	// or the server's (slow_consumer, shutdown, token_expired,
+	// out_of_sync).
+	Disconnect(cause string)
 }
 
 // nopMetrics is the Metrics used when Options.Metrics is nil.
@@ -34,3 +40,4 @@ func (nopMetrics) Delivered(int)        {}
 func (nopMetrics) Fanout(time.Duration) {}
 func (nopMetrics) GapFetch()            {}
 func (nopMetrics) SlowConsumer()        {}
+func (nopMetrics) Disconnect(string)     {}

@@ -1,0 +1,159 @@
+// Package wsconn is the server side of RFC 6455 WebSocket connections,
+// written for many mostly idle clients: the handshake, framing,
+// fragmentation, control frames, keepalive, the close handshake, and
+// parking idle connections without a goroutine (epoll on Linux). No
+// extension is negotiated.
+//
+// A Set owns its connections' shared chores (the keepalive sweep and the
+// poller); a Conn owns one socket. The application sees a Conn through
+// Queue (never blocks), Close and its Handler.
+package wsconn
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Options configures a Set and its connections. Zero values pick the
+// defaults in parentheses.
+type Options struct {
+	PingInterval time.Duration // keepalive ping period (25s)
+	WriteTimeout time.Duration // per socket write; also how long a ping may go unanswered (10s)
+	MaxQueued    int           // bytes queued before Queue reports a slow consumer (1 MiB)
+	// MaxControlRate is how many control frames (pings, pongs) a client may
+	// send per second; more: close 1008 (50).
+	MaxControlRate int
+	// MaxFragments is how many frames one message may span; more: close
+	// 1008 (128).
+	MaxFragments int
+}
+
+func (o *Options) setDefaults() {
+	if o.PingInterval <= 0 {
+		o.PingInterval = 25 * time.Second
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
+	if o.MaxQueued <= 0 {
+		o.MaxQueued = 1 << 20
+	}
+	if o.MaxControlRate <= 0 {
+		o.MaxControlRate = 50
+	}
+	if o.MaxFragments <= 0 {
+		o.MaxFragments = 128
+	}
+}
+
+// closeTimeout is how long a connection waits for the peer's close frame
+// (or EOF) after sending its own, or after failing the connection.
+func (o *Options) closeTimeout() time.Duration { return min(o.WriteTimeout, 5*time.Second) }
+
+// Set is a group of connections sharing one keepalive sweep and one
+// poller. Its methods are safe for concurrent use. Run it with Run.
+//
+// Lock order: Set.mu is never held while taking a Conn's mu; a Conn's mu
+// may be held while taking poller.mu.
+type Set struct {
+	opts Options
+	poll *poller
+
+	mu    sync.Mutex
+	conns map[*Conn]struct{} // upgraded and not finished
+}
+
+// NewSet returns a Set with opts.
+func NewSet(opts Options) *Set {
+	opts.setDefaults()
+	return &Set{opts: opts, poll: newPoller(), conns: make(map[*Conn]struct{})}
+}
+
+// Len returns the number of connections upgraded and not yet finished.
+func (s *Set) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// Parked returns the number of connections parked without a goroutine.
+func (s *Set) Parked() int { return s.poll.count() }
+
+// Run pings the connections (see sweep) and wakes parked ones when their
+// sockets turn readable, until ctx ends; then parked connections are
+// resumed on goroutines of their own and Run returns.
+func (s *Set) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { s.poll.run(ctx) })
+	tick := time.NewTicker(min(s.opts.PingInterval/4, time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			s.sweep(now)
+		}
+	}
+}
+
+// sweep pings every connection last pinged PingInterval ago, and drops
+// those whose reader has waited on the socket for WriteTimeout since a
+// ping without hearing a byte: one sweep per Set instead of a timer per
+// connection. A reader busy with a message (the database, a replay) is not
+// judged: what the peer sent meanwhile waits in the socket.
+func (s *Set) sweep(now time.Time) {
+	var ping, dead []*Conn
+	t := mono(now)
+	timeout := int64(s.opts.WriteTimeout)
+	s.mu.Lock()
+	for c := range s.conns {
+		k := &c.keep
+		if k.pingAt != 0 {
+			waiting := c.waiting.Load()
+			switch {
+			case c.heard.Load() >= k.pingAt:
+				k.pingAt = 0
+			case waiting != 0 && t-max(k.pingAt, waiting) > timeout:
+				dead = append(dead, c)
+				continue
+			}
+		}
+		switch {
+		case k.nextPing == 0:
+			k.nextPing = t + int64(s.opts.PingInterval)
+		case t >= k.nextPing && k.pingAt == 0:
+			k.nextPing, k.pingAt = t+int64(s.opts.PingInterval), t
+			ping = append(ping, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range ping {
+		c.ping()
+	}
+	for _, c := range dead {
+		c.Abort(CauseKeepalive, "no answer to a ping")
+	}
+}
+
+func (s *Set) add(c *Conn) {
+	s.mu.Lock()
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *Set) remove(c *Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// monoBase makes mono's times monotonic: a wall clock step does not make
+// the sweep drop live peers.
+var monoBase = time.Now()
+
+// mono returns t as nanoseconds since monoBase, on the monotonic clock;
+// never 0 after the first nanosecond.
+func mono(t time.Time) int64 { return int64(t.Sub(monoBase)) + 1 }
