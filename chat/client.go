@@ -62,9 +62,9 @@ type client struct {
 	release func()          // gives back the connection's slot under the limits
 	cut     atomic.Bool     // cut as a slow consumer: counted and logged once
 
-	mu       sync.Mutex // guards inflight and draining
-	inflight int        // sends waiting for their ack
-	draining bool       // no new sends; close once inflight is 0
+	mu       sync.Mutex    // guards inflight and draining
+	inflight int           // sends waiting for their ack
+	draining bool          // no new sends; close once inflight is 0
 	slots    chan struct{} // bounds inflight: back-pressure on the read side; made on the first send
 }
 

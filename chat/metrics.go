@@ -40,4 +40,4 @@ func (nopMetrics) Delivered(int)        {}
 func (nopMetrics) Fanout(time.Duration) {}
 func (nopMetrics) GapFetch()            {}
 func (nopMetrics) SlowConsumer()        {}
-func (nopMetrics) Disconnect(string)     {}
+func (nopMetrics) Disconnect(string)    {}
