@@ -143,6 +143,9 @@ func waitForDatabase(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 }
 
+// httpIdleTimeout closes plain HTTP keep-alive connections idle that long.
+const httpIdleTimeout = 60 * time.Second
+
 // serve runs one instance on ln until ctx is cancelled, then shuts down in
 // order: /readyz turns 503, no new connections, sends already received are
 // answered, every WebSocket is closed with 1001, then the listener and the
@@ -195,7 +198,18 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 			return db.Ping(ctx)
 		},
 	})
-	srv := &http.Server{Handler: m.handler(handler), ReadHeaderTimeout: cfg.HandshakeTimeout, MaxHeaderBytes: maxHeaderBytes}
+	// Plain HTTP (history, metrics, the page) is bounded: a request within
+	// HANDSHAKE_TIMEOUT, its answer within WRITE_TIMEOUT, an idle
+	// keep-alive connection for httpIdleTimeout. WebSockets clear these
+	// deadlines when they take the connection over (wsconn).
+	srv := &http.Server{
+		Handler:           m.handler(handler),
+		ReadHeaderTimeout: cfg.HandshakeTimeout,
+		ReadTimeout:       cfg.HandshakeTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       httpIdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+	}
 
 	// The background loops outlive ctx: they stop in the shutdown order below.
 	bg := context.WithoutCancel(ctx)
@@ -219,12 +233,19 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	sctx, cancel := context.WithTimeout(bg, cfg.ShutdownTimeout)
 	defer cancel()
 	hub.Drain()
-	if serr := srv.Shutdown(sctx); serr != nil {
-		log.Warn("http shutdown", "err", serr)
-	}
+	// The WebSockets get their 1001 and their sends answered while plain
+	// HTTP shuts down beside them: a slow history client must not use up
+	// SHUTDOWN_TIMEOUT before the WebSockets are even told.
+	var closing sync.WaitGroup
+	closing.Go(func() {
+		if serr := srv.Shutdown(sctx); serr != nil {
+			log.Warn("http shutdown", "err", serr)
+		}
+	})
 	if herr := hub.Close(sctx); herr != nil {
 		log.Warn("closing connections", "err", herr)
 	}
+	closing.Wait()
 	stopBatcher()
 	batcherDone.Wait()
 	stopLoops()

@@ -85,7 +85,7 @@ func TestStorm(t *testing.T) {
 					for range 100 {
 						typ, data := stormFrame(rng)
 						if err := stormWrite(ctx, conn, typ, data); err != nil {
-							closedByServer.Add(1) // after an oversized frame (1009), or stuck
+							closedByServer.Add(1) // after an oversized frame (1009) or invalid UTF-8 (1007), or stuck
 							break batches
 						}
 						n++
@@ -221,7 +221,10 @@ func stormFrame(rng *rand.Rand) (websocket.MessageType, []byte) {
 	text := func(s string) (websocket.MessageType, []byte) { return websocket.MessageText, []byte(s) }
 	switch rng.IntN(24) {
 	case 0:
-		return websocket.MessageText, junk(rng.IntN(300)) // mostly invalid UTF-8
+		if rng.IntN(16) == 0 { // mostly invalid UTF-8: the server closes with 1007
+			return websocket.MessageText, junk(rng.IntN(300))
+		}
+		return websocket.MessageText, []byte(strings.ToValidUTF8(string(junk(rng.IntN(300))), "\uFFFD"))
 	case 1:
 		return websocket.MessageBinary, junk(rng.IntN(300))
 	case 2: // truncated JSON
@@ -247,7 +250,9 @@ func stormFrame(rng *rand.Rand) (websocket.MessageType, []byte) {
 	case 11:
 		return text(`{"type":"join","type":"send","room":"a","room":"` + room + `","body":"dup keys"}`)
 	case 12:
-		return text(`{"type":"send","room":"` + room + `","body":"\xff\xfe"}`) // invalid UTF-8 inside a string
+		// Invalid UTF-8 inside a string, in a binary frame (a text frame
+		// would be closed with 1007).
+		return websocket.MessageBinary, []byte(`{"type":"send","room":"` + room + `","body":"\xff\xfe"}`)
 	case 13:
 		if rng.IntN(16) == 0 { // over the read limit: the server closes with 1009
 			return text(`{"type":"send","room":"r","body":"` + strings.Repeat(`\u0041`, 2000) + `"}`)

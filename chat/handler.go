@@ -55,7 +55,12 @@ var webRoot, _ = fs.Sub(webFS, "web")
 const (
 	defaultHistoryPage = 50
 	maxHistoryPage     = 200
+	// maxHistoryPerIP bounds the history requests one client address has
+	// in progress; more get 429.
+	maxHistoryPerIP = 8
 )
+
+var historyLimits = Limits{MaxConnsPerIP: maxHistoryPerIP}
 
 type historyMessage struct {
 	Seq      int64  `json:"seq"`
@@ -73,6 +78,13 @@ func (s *server) serveHistory(w http.ResponseWriter, r *http.Request) {
 		unauthorized(w, err, true)
 		return
 	}
+	release, _, err := s.history.acquire(&historyLimits, s.opts.Limits.clientIP(r))
+	if err != nil {
+		w.Header().Set("Retry-After", "1")
+		writeJSONError(w, http.StatusTooManyRequests, errorf(CodeRateLimited, "more than %d history requests at once from your address: wait for their answers", maxHistoryPerIP))
+		return
+	}
+	defer release()
 	room := r.PathValue("room")
 	if !ValidRoom(room) {
 		writeJSONError(w, http.StatusBadRequest, errorf(CodeBadRequest, "invalid room name"))
@@ -140,10 +152,11 @@ func writeJSONError(w http.ResponseWriter, status int, err error) {
 }
 
 type server struct {
-	hub    *Hub
-	opts   HandlerOptions
-	nextID atomic.Uint64
-	conns  connCounter // open WebSockets, for Limits
+	hub     *Hub
+	opts    HandlerOptions
+	nextID  atomic.Uint64
+	conns   connCounter // open WebSockets, for Limits
+	history connCounter // history requests being answered, per client address
 }
 
 func (s *server) serveReady(w http.ResponseWriter, r *http.Request) {

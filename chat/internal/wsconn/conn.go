@@ -74,6 +74,8 @@ type Conn struct {
 	rd reader // the read side's; only the goroutine reading uses it
 
 	heard   atomic.Int64 // mono: when bytes were last read
+	owed    atomic.Int64 // pongs the peer owes: our pings written, less the pongs read
+	wrote   atomic.Int64 // mono: when a socket write last completed
 	waiting atomic.Int64 // mono: since when the reader waits on the socket; 0 while it handles a message
 	keep    keepalive    // guarded by Set.mu
 
@@ -88,6 +90,7 @@ type Conn struct {
 	closing    bool // no more frames queued; the writer's last act is the close frame
 	flush      bool // with closing: write what is queued first
 	end        End  // with closing: why
+	failed     bool // closing because of a bad frame (fail)
 	gotClose   bool // the peer's close frame was read
 	sentClose  bool // our close frame was written
 	sockClosed bool
@@ -311,6 +314,7 @@ func (c *Conn) writeBatch(frames [][]byte, pong []byte, ping bool) error {
 	}
 	if ping {
 		b = appendFrame(b, opPing, nil)
+		c.owed.Add(1)
 	}
 	var err error
 	for i, f := range frames {
@@ -344,6 +348,9 @@ func (c *Conn) write(b []byte) ([]byte, error) {
 	}
 	c.nc.SetWriteDeadline(time.Now().Add(c.set.opts.WriteTimeout))
 	_, err := c.nc.Write(b)
+	if err == nil {
+		c.wrote.Store(mono(time.Now()))
+	}
 	return b[:0], err
 }
 
@@ -363,7 +370,7 @@ func (c *Conn) writeClose() {
 	c.sentClose = !sockClosed && err == nil
 	if !c.sentClose || c.gotClose || c.readerDone {
 		c.closeSocketLocked(err != nil)
-	} else {
+	} else if !c.failed { // else fail set a shorter deadline
 		c.nc.SetReadDeadline(time.Now().Add(c.set.opts.closeTimeout()))
 	}
 	last := c.readerDone
@@ -534,13 +541,21 @@ func (c *Conn) isClosing() bool {
 // frames after it was failed.
 var errFailed = errors.New("wsconn: bad frame after the connection was failed")
 
+// failTimeout is how long a failed connection's read side looks for the
+// peer's close frame: a peer that broke the protocol or flooded gets less
+// patience than one closed normally (closeTimeout).
+const failTimeout = time.Second
+
 // fail closes the connection for a frame the peer should not have sent.
 // The read side then reads on only to find the peer's close frame, for
-// at most closeTimeout.
+// at most failTimeout.
 func (c *Conn) fail(cause string, code int, reason string) {
 	c.mu.Lock()
 	c.startClosingLocked(End{Cause: cause, Code: code, Reason: reason}, false)
-	c.nc.SetReadDeadline(time.Now().Add(c.set.opts.closeTimeout()))
+	if !c.failed {
+		c.failed = true
+		c.nc.SetReadDeadline(time.Now().Add(failTimeout))
+	}
 	c.mu.Unlock()
 	c.rd.failed = true
 }
@@ -670,6 +685,11 @@ func (c *Conn) control(op byte, p []byte, closing bool) error {
 	}
 	if closing {
 		return nil
+	}
+	if op == opPong && c.owed.Add(-1) >= 0 {
+		return nil // answers our ping: not counted against the limit
+	} else if op == opPong {
+		c.owed.Add(1)
 	}
 	now := mono(time.Now())
 	if now-r.window >= int64(time.Second) {

@@ -100,10 +100,14 @@ func (s *Set) Run(ctx context.Context) {
 }
 
 // sweep pings every connection last pinged PingInterval ago, and drops
-// those whose reader has waited on the socket for WriteTimeout since a
-// ping without hearing a byte: one sweep per Set instead of a timer per
-// connection. A reader busy with a message (the database, a replay) is not
-// judged: what the peer sent meanwhile waits in the socket.
+// those that have not sent a byte since a ping for WriteTimeout, counted
+// from the latest of the ping, the moment the read side began waiting on
+// the socket, and the last socket write that completed: one sweep per Set
+// instead of a timer per connection. A read side busy with a message (the
+// database, a replay) is not judged, since what the peer sent meanwhile
+// waits in the socket; nor is a peer still taking in what we write (our
+// ping waits behind it), since a peer that does not is cut by the write
+// timeout.
 func (s *Set) sweep(now time.Time) {
 	var ping, dead []*Conn
 	t := mono(now)
@@ -116,7 +120,7 @@ func (s *Set) sweep(now time.Time) {
 			switch {
 			case c.heard.Load() >= k.pingAt:
 				k.pingAt = 0
-			case waiting != 0 && t-max(k.pingAt, waiting) > timeout:
+			case waiting != 0 && t-max(k.pingAt, waiting, c.wrote.Load()) > timeout:
 				dead = append(dead, c)
 				continue
 			}
