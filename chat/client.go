@@ -269,7 +269,7 @@ func (c *client) goAway() {
 // logged here, once, and shown as "unavailable".
 func (c *client) fail(ref, room, op string, err error) {
 	var e *Error
-	if !errors.As(err, &e) {
+	if !errors.As(err, &e) && !errors.Is(err, context.Canceled) { // canceled: the connection is closing
 		c.log().Error(op+" failed", "room", room, "err", err)
 	}
 	c.sendError(ref, room, err)

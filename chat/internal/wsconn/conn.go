@@ -102,6 +102,8 @@ type Conn struct {
 type keepalive struct {
 	nextPing int64 // mono: when the next ping is due
 	pingAt   int64 // mono: when the unanswered ping went out; 0: none
+	outq     int   // the socket's unacknowledged bytes when last looked at (late peers only)
+	progress int64 // mono: when outq was last seen going down
 }
 
 func (s *Set) newConn(nc net.Conn) *Conn {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"syscall"
+	"unsafe"
 )
 
 // poller wakes parked connections: one epoll instance per Set, waited on
@@ -160,4 +161,19 @@ func readNow(rc syscall.RawConn, b []byte) (n int, err error, again bool) {
 		return 0, eof, false
 	}
 	return n, nil, false
+}
+
+// unacked returns the bytes written to rc that the peer has not
+// acknowledged yet, or 0 if unknown.
+func unacked(rc syscall.RawConn) int {
+	if rc == nil {
+		return 0
+	}
+	var n int32
+	rc.Control(func(fd uintptr) {
+		if _, _, errno := syscall.Syscall(syscall.SYS_IOCTL, fd, syscall.TIOCOUTQ, uintptr(unsafe.Pointer(&n))); errno != 0 {
+			n = 0
+		}
+	})
+	return int(n)
 }

@@ -102,14 +102,15 @@ func (s *Set) Run(ctx context.Context) {
 // sweep pings every connection last pinged PingInterval ago, and drops
 // those that have not sent a byte since a ping for WriteTimeout, counted
 // from the latest of the ping, the moment the read side began waiting on
-// the socket, and the last socket write that completed: one sweep per Set
-// instead of a timer per connection. A read side busy with a message (the
+// the socket, the last socket write that completed, and the last time
+// the peer was seen taking in bytes the kernel held for it: one sweep per
+// Set instead of a timer per connection. A read side busy with a message (the
 // database, a replay) is not judged, since what the peer sent meanwhile
 // waits in the socket; nor is a peer still taking in what we write (our
 // ping waits behind it), since a peer that does not is cut by the write
 // timeout.
 func (s *Set) sweep(now time.Time) {
-	var ping, dead []*Conn
+	var ping, late, dead []*Conn
 	t := mono(now)
 	timeout := int64(s.opts.WriteTimeout)
 	s.mu.Lock()
@@ -119,9 +120,9 @@ func (s *Set) sweep(now time.Time) {
 			waiting := c.waiting.Load()
 			switch {
 			case c.heard.Load() >= k.pingAt:
-				k.pingAt = 0
-			case waiting != 0 && t-max(k.pingAt, waiting, c.wrote.Load()) > timeout:
-				dead = append(dead, c)
+				k.pingAt, k.outq = 0, 0
+			case waiting != 0 && t-max(k.pingAt, waiting, c.wrote.Load(), k.progress) > timeout:
+				late = append(late, c)
 				continue
 			}
 		}
@@ -134,6 +135,24 @@ func (s *Set) sweep(now time.Time) {
 		}
 	}
 	s.mu.Unlock()
+	// A late peer is still alive if it is taking in what the kernel holds
+	// for it: its unacknowledged bytes went down since the last look.
+	if len(late) > 0 {
+		queued := make([]int, len(late))
+		for i, c := range late {
+			queued[i] = unacked(c.raw)
+		}
+		s.mu.Lock()
+		for i, c := range late {
+			k := &c.keep
+			if q := queued[i]; q > 0 && (k.outq == 0 || q < k.outq) {
+				k.outq, k.progress = q, t
+				continue
+			}
+			dead = append(dead, c)
+		}
+		s.mu.Unlock()
+	}
 	for _, c := range ping {
 		c.ping()
 	}
