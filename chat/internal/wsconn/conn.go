@@ -91,6 +91,7 @@ type Conn struct {
 	flush      bool // with closing: write what is queued first
 	end        End  // with closing: why
 	failed     bool // closing because of a bad frame (fail)
+	flooded    bool // failed for a flood: no waiting for its close frame
 	gotClose   bool // the peer's close frame was read
 	sentClose  bool // our close frame was written
 	sockClosed bool
@@ -370,7 +371,7 @@ func (c *Conn) writeClose() {
 	c.mu.Lock()
 	c.writing, c.writerDone = false, true
 	c.sentClose = !sockClosed && err == nil
-	if !c.sentClose || c.gotClose || c.readerDone {
+	if !c.sentClose || c.gotClose || c.readerDone || c.flooded {
 		c.closeSocketLocked(err != nil)
 	} else if !c.failed { // else fail set a shorter deadline
 		c.nc.SetReadDeadline(time.Now().Add(c.set.opts.closeTimeout()))
@@ -550,12 +551,15 @@ const failTimeout = time.Second
 
 // fail closes the connection for a frame the peer should not have sent.
 // The read side then reads on only to find the peer's close frame, for
-// at most failTimeout.
+// at most failTimeout; a flooder's socket is closed as soon as our close
+// frame is written (RFC 6455 7.1.7 allows it), so that reading its flood
+// costs nothing more.
 func (c *Conn) fail(cause string, code int, reason string) {
 	c.mu.Lock()
 	c.startClosingLocked(End{Cause: cause, Code: code, Reason: reason}, false)
 	if !c.failed {
 		c.failed = true
+		c.flooded = cause == CauseControlFlood || cause == CauseFragmentFlood
 		c.nc.SetReadDeadline(time.Now().Add(failTimeout))
 	}
 	c.mu.Unlock()
