@@ -136,7 +136,9 @@ func (c *client) Message(ctx context.Context, text bool, data []byte) {
 
 // Closed unregisters the ended connection (wsconn.Handler).
 func (c *client) Closed(end wsconn.End) {
-	if end.Err != nil || end.Cause == wsconn.CauseProtocol {
+	if c.cut.Load() {
+		c.log().Info("disconnected slow consumer", "send_buffer", c.hub.opts.SendBuffer, "cause", end.Cause)
+	} else if end.Err != nil || end.Cause == wsconn.CauseProtocol {
 		c.log().Debug("connection ended", "cause", end.Cause, "code", end.Code, "reason", end.Reason, "err", end.Err)
 	}
 	c.hub.opts.Metrics.Disconnect(end.Cause)
@@ -290,8 +292,7 @@ func (c *client) send(frame []byte) {
 
 // cutSlow disconnects the client as a slow consumer.
 func (c *client) cutSlow() {
-	if c.cut.CompareAndSwap(false, true) {
-		c.log().Info("disconnecting slow consumer", "send_buffer", c.hub.opts.SendBuffer)
+	if c.cut.CompareAndSwap(false, true) { // logged in Closed, off the hub's lock
 		c.hub.opts.Metrics.SlowConsumer()
 	}
 	c.end(errSlowConsumer)
