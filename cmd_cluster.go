@@ -150,9 +150,10 @@ PostgreSQL server programs: initdb and postgres).
 	}
 	vars := env.ToMap(environ)
 	shutdownTimeout, _ := time.ParseDuration(cmp.Or(vars["SHUTDOWN_TIMEOUT"], "10s"))
+	drainDelay, _ := time.ParseDuration(cmp.Or(vars["DRAIN_DELAY"], "2s"))
 
 	logs := &lockedWriter{w: stderr}
-	cl := &cluster{logs: logs, stopTimeout: shutdownTimeout + 5*time.Second}
+	cl := &cluster{logs: logs, stopTimeout: drainDelay + shutdownTimeout + 5*time.Second}
 	defer cl.stop()
 
 	dbURL, err := cl.database(ctx, vars)
@@ -165,6 +166,11 @@ PostgreSQL server programs: initdb and postgres).
 		name, p := fmt.Sprintf("app-%d", i), *port+i
 		cmd := exec.Command(exe, "serve")
 		cmd.Env = append(slices.Clip(base), "PORT="+strconv.Itoa(p), "INSTANCE_ID="+name)
+		if vars["DRAIN_DELAY"] == "" {
+			// HAProxy retries a refused upgrade elsewhere (retry-on 503)
+			// and stops first on Ctrl-C: a short delay is enough here.
+			cmd.Env = append(cmd.Env, "DRAIN_DELAY=2s")
+		}
 		app, err := cl.start(name, cmd, nil)
 		if err != nil {
 			return fmt.Errorf("cluster: %w", err)

@@ -43,7 +43,8 @@ type Result struct {
 
 // DB is pgchat's database. It is safe for concurrent use.
 type DB struct {
-	pool     *pgxpool.Pool
+	pool     *pgxpool.Pool // reads
+	writer   *pgxpool.Pool // appends and pings (OpenWith); nil: pool
 	instance string
 }
 
@@ -86,12 +87,26 @@ func setApplicationName(cfg *pgx.ConnConfig, name string) {
 	}
 }
 
-// Close closes the pool, waiting for connections in use to be returned.
-func (db *DB) Close() { db.pool.Close() }
+// Close closes the pools, waiting for connections in use to be returned.
+func (db *DB) Close() {
+	db.pool.Close()
+	if db.writer != nil {
+		db.writer.Close()
+	}
+}
 
-// Ping checks that the database answers.
+// writes is the pool appends use.
+func (db *DB) writes() *pgxpool.Pool {
+	if db.writer != nil {
+		return db.writer
+	}
+	return db.pool
+}
+
+// Ping checks that the database answers. It uses the append pool, which a
+// burst of reads cannot exhaust.
 func (db *DB) Ping(ctx context.Context) error {
-	if err := db.pool.Ping(ctx); err != nil {
+	if err := db.writes().Ping(ctx); err != nil {
 		return fmt.Errorf("ping database: %w", err)
 	}
 	return nil
