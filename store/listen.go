@@ -32,7 +32,9 @@ type Listener struct {
 	// Log gets connection lifecycle events. Nil discards them.
 	Log *slog.Logger
 	// ReconnectDelay is the base of the exponential backoff (with full
-	// jitter) between attempts; default 250ms, capped at 30 times it.
+	// jitter) between attempts; default 250ms, capped at 8 times it: one
+	// connection per instance is cheap to retry, and an instance is not
+	// ready until it is back.
 	ReconnectDelay time.Duration
 	// PingInterval is how long the connection may stay silent before it is
 	// pinged; a failed ping means it is dead. Default 15s.
@@ -61,7 +63,7 @@ func (l *Listener) Listen(ctx context.Context) error {
 		if time.Since(start) > time.Minute {
 			attempt = 0 // it was healthy for a while: start the backoff over
 		}
-		delay := time.Duration(rand.Int64N(int64(min(base<<min(attempt, 16), 30*base)) + 1))
+		delay := time.Duration(rand.Int64N(int64(min(base<<min(attempt, 16), 8*base)) + 1))
 		log.Warn("listener disconnected", "err", err, "retry_in", delay.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
