@@ -243,7 +243,14 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	log.Info("database pool", "read_conns", cfg.DBPoolSize, "query_mode", db.QueryExecMode().String(), "pooler", cfg.pooled)
 
 	m := newMetrics()
-	batcher := store.NewBatcher(db, store.BatcherOptions{MaxBatch: cfg.BatchSize, Timeout: cfg.WriteTimeout, Log: log, OnCommit: m.commit})
+	var listener *store.Listener
+	onCommit := func(size, fresh int, took time.Duration, err error) {
+		m.commit(size, fresh, took, err)
+		if err == nil && fresh > 0 {
+			listener.Expect(time.Now().Add(-took)) // its notification must come back
+		}
+	}
+	batcher := store.NewBatcher(db, store.BatcherOptions{MaxBatch: cfg.BatchSize, Timeout: cfg.WriteTimeout, Log: log, OnCommit: onCommit})
 	hub := chat.NewHub(db, batcher, chat.Options{
 		Instance:        cfg.InstanceID,
 		MaxMessageBytes: cfg.MaxMessageBytes,
@@ -260,7 +267,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 		Log:             log,
 		Metrics:         m,
 	})
-	listener := &store.Listener{
+	listener = &store.Listener{
 		Connect: func(ctx context.Context) (*pgx.Conn, error) {
 			return store.ConnectWith(ctx, cfg.ListenDatabaseURL, cfg.InstanceID+" listener", store.PoolOptions{StatementTimeout: cfg.WriteTimeout})
 		},
@@ -268,7 +275,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 		OnNotify: hub.Deliver,
 		Log:      log,
 	}
+	queue := newQueueHealth(m, log)
 	handler := chat.NewHandler(hub, chat.HandlerOptions{
+		ReadyNote:      queue.note,
 		AllowedOrigins: cfg.AllowedOrigins,
 		AuthSecret:     []byte(cfg.AuthSecret),
 		Limits:         limits(cfg),
@@ -289,6 +298,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	batcherDone.Go(func() { batcher.Run(batchCtx) })
 	loops.Go(func() { listener.Listen(loopCtx) })
 	loops.Go(func() { hub.Run(loopCtx) })
+	loops.Go(func() { queue.run(loopCtx, db) })
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("listening", "addr", ln.Addr().String(), "auth", authMode(cfg))
