@@ -264,6 +264,8 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 		MaxRooms:        cfg.MaxRooms,
 		MaxInflight:     cfg.MaxInflight,
 		SyncInterval:    cfg.SyncInterval,
+		MaxCatchUps:     max(1, cfg.DBPoolSize/2),
+		MaxHistoryReads: max(1, cfg.DBPoolSize/4),
 		Log:             log,
 		Metrics:         m,
 	})

@@ -103,6 +103,11 @@ func (s *server) serveHistory(w http.ResponseWriter, r *http.Request) {
 		}
 		before = n
 	}
+	if !s.hub.history.tryAcquire() {
+		historyBusy(w)
+		return
+	}
+	defer s.hub.history.release()
 	ctx, cancel := context.WithTimeout(r.Context(), s.hub.opts.WriteTimeout)
 	defer cancel()
 	head, msgs, err := s.hub.db.Before(ctx, room, before, limit)

@@ -27,6 +27,8 @@ type Options struct {
 	MaxRooms        int           // rooms one connection may join (100)
 	MaxInflight     int           // sends awaiting their ack per connection (64)
 	SyncInterval    time.Duration // how often live rooms are checked against the table (30s)
+	MaxCatchUps     int           // rooms read from the table at once to catch up (4; budget.go)
+	MaxHistoryReads int           // history requests served at once (4)
 	Log             *slog.Logger  // nil: discard
 	Metrics         Metrics       // nil: none
 }
@@ -55,6 +57,8 @@ func (o *Options) setDefaults() {
 	def(&o.MaxRooms, 100)
 	def(&o.MaxInflight, 64)
 	defd(&o.SyncInterval, 30*time.Second)
+	def(&o.MaxCatchUps, 4)
+	def(&o.MaxHistoryReads, 4)
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -81,6 +85,8 @@ type Hub struct {
 	draining atomic.Bool
 	clients  sync.WaitGroup // client handlers
 	poll     *poller        // wakes idle connections (park.go)
+	catchUps slots          // budget.go
+	history  slots
 
 	mu         sync.Mutex
 	rooms      map[string]*room
@@ -123,6 +129,8 @@ func NewHub(db *store.DB, b *store.Batcher, opts Options) *Hub {
 		needVerify: make(map[string]int64),
 		wake:       make(chan struct{}, 1),
 		poll:       newPoller(),
+		catchUps:   newSlots(opts.MaxCatchUps),
+		history:    newSlots(opts.MaxHistoryReads),
 	}
 }
 
@@ -276,10 +284,14 @@ func (h *Hub) catchUp(ctx context.Context, name string) {
 		from := r.last
 		h.mu.Unlock()
 
+		if h.catchUps.acquire(ctx) != nil {
+			return
+		}
 		h.opts.Metrics.GapFetch()
 		qctx, cancel := context.WithTimeout(ctx, h.opts.WriteTimeout)
 		msgs, err := h.db.Since(qctx, name, from, h.opts.ReplayLimit)
 		cancel()
+		h.catchUps.release()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
