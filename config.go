@@ -24,7 +24,7 @@ import (
 // documentation: keep help short and the default in envDefault.
 type Config struct {
 	DatabaseURL       string `env:"DATABASE_URL" envDefault:"postgres://postgres@localhost:5432/postgres?sslmode=disable" help:"PostgreSQL URL for queries and writes, direct or through a pooler (then set LISTEN_DATABASE_URL); PG* variables fill what it leaves out (PGPASSWORD)"`
-	ListenDatabaseURL string `env:"LISTEN_DATABASE_URL" help:"direct (session) URL for LISTEN and migrations; set it when DATABASE_URL goes through a transaction-mode pooler, and queries then use no named prepared statements (default_query_exec_mode=exec unless DATABASE_URL sets one); default: DATABASE_URL"`
+	ListenDatabaseURL string `env:"LISTEN_DATABASE_URL" help:"direct (session) URL for LISTEN and migrations; set it when DATABASE_URL goes through a transaction-mode pooler: reads then use no named prepared statements (default_query_exec_mode=exec unless DATABASE_URL sets one) and appends use this URL; default: DATABASE_URL"`
 	Port              int    `env:"PORT" envDefault:"8080" help:"HTTP port for /, /ws, /healthz, /readyz, /metrics"`
 	Host              string `env:"HOST" help:"address to bind (127.0.0.1: this machine only); default: every interface"`
 	DBPoolSize        int    `env:"DB_POOL_SIZE" envDefault:"10" help:"connections for reads (joins, catch-ups, history); appends get 2 more of their own"`

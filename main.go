@@ -209,6 +209,16 @@ func permanentDBError(err error) (reason string, ok bool) {
 	return "", false
 }
 
+// writeURL is where appends go: with a transaction-mode pooler in
+// DATABASE_URL, the direct LISTEN_DATABASE_URL, so that the hot path keeps
+// prepared statements (docs/performance.md); else DATABASE_URL ("").
+func writeURL(cfg Config) string {
+	if cfg.pooled {
+		return cfg.ListenDatabaseURL
+	}
+	return ""
+}
+
 // listenVar names the variable LISTEN_DATABASE_URL's value came from.
 func (cfg Config) listenVar() string {
 	if cfg.pooled {
@@ -235,6 +245,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 		MaxConns:         cfg.DBPoolSize,
 		Pooled:           cfg.pooled,
 		StatementTimeout: cfg.WriteTimeout,
+		WriteURL:         writeURL(cfg),
 	})
 	if err != nil {
 		return fmt.Errorf("DATABASE_URL: %w", err)

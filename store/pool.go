@@ -18,7 +18,7 @@ type PoolOptions struct {
 	// burst of reads never keeps the batcher from a connection.
 	MaxConns int
 	// Pooled says the URL goes through a transaction-mode pooler
-	// (PgBouncer, Supavisor): queries then use pgx's QueryExecModeExec
+	// (PgBouncer, Supavisor): its queries then use pgx's QueryExecModeExec
 	// (no named prepared statements, which the pooler would hand to
 	// another client's server connection) unless the URL picks
 	// default_query_exec_mode itself, and no session settings are made.
@@ -31,6 +31,11 @@ type PoolOptions struct {
 	// server-side bound for a query whose client context cannot reach the
 	// server (10s). Every query also runs under a context deadline.
 	StatementTimeout time.Duration
+	// WriteURL, if set, is a direct (session) URL for the append pool,
+	// which then keeps prepared statements even when Pooled: appends are
+	// the hot path (docs/performance.md), and 2 direct connections per
+	// instance are a small price.
+	WriteURL string
 }
 
 func (o *PoolOptions) setDefaults() {
@@ -57,7 +62,11 @@ func OpenWith(ctx context.Context, url, instance string, opts PoolOptions) (*DB,
 	if err != nil {
 		return nil, err
 	}
-	writers, err := newPool(ctx, url, "pgchat "+instance+" writer", opts, writerConns)
+	wopts, wurl := opts, url
+	if opts.WriteURL != "" {
+		wopts.Pooled, wurl = false, opts.WriteURL
+	}
+	writers, err := newPool(ctx, wurl, "pgchat "+instance+" writer", wopts, writerConns)
 	if err != nil {
 		readers.Close()
 		return nil, err

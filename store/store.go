@@ -103,11 +103,21 @@ func (db *DB) writes() *pgxpool.Pool {
 	return db.pool
 }
 
-// Ping checks that the database answers. It uses the append pool, which a
-// burst of reads cannot exhaust.
+// Ping checks that the database answers through both pools. A read pool
+// whose connections are all in use is not pinged: it is busy, not down,
+// and a burst of reads must not make the instance look unready.
 func (db *DB) Ping(ctx context.Context) error {
 	if err := db.writes().Ping(ctx); err != nil {
 		return fmt.Errorf("ping database: %w", err)
+	}
+	if db.writer == nil {
+		return nil
+	}
+	if st := db.pool.Stat(); st.AcquiredConns() >= st.MaxConns() {
+		return nil
+	}
+	if err := db.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("ping database (read pool): %w", err)
 	}
 	return nil
 }
