@@ -48,6 +48,7 @@ type Listener struct {
 	connected  atomic.Bool
 	lastNotify atomic.Int64 // UnixNano of the last notification received
 	awaiting   atomic.Int64 // UnixNano of the oldest Expect not answered; 0: none
+	listenedAt atomic.Int64 // UnixNano of the current LISTEN
 }
 
 // Expect tells the listener that a transaction that began at start sent a
@@ -55,8 +56,8 @@ type Listener struct {
 // arrive. If none does within StallTimeout, the connection is reconnected.
 func (l *Listener) Expect(start time.Time) {
 	s := start.UnixNano()
-	if s <= l.lastNotify.Load() {
-		return
+	if s <= l.lastNotify.Load() || s < l.listenedAt.Load() {
+		return // answered already, or sent before this LISTEN (OnListen's resync reads it)
 	}
 	l.awaiting.CompareAndSwap(0, s)
 }
@@ -127,6 +128,7 @@ func (l *Listener) listen(ctx context.Context, log *slog.Logger, reconnect bool)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	l.listenedAt.Store(time.Now().UnixNano())
 	l.awaiting.Store(0) // what was awaited is read by OnListen's resync
 	l.connected.Store(true)
 	if reconnect {
