@@ -9,10 +9,11 @@ import (
 	"syscall"
 )
 
-// childAttr puts a child of pgchat cluster in a process group of its own
-// and, when u is set, runs it as u.
+// childAttr puts a child of pgchat cluster in a process group of its own,
+// has it die with pgchat cluster (Linux), and, when u is set, runs it as u.
 func childAttr(u *user.User) (*syscall.SysProcAttr, error) {
 	attr := &syscall.SysProcAttr{Setpgid: true}
+	dieWithParent(attr)
 	if u != nil {
 		uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
 		gid, err2 := strconv.ParseUint(u.Gid, 10, 32)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pgchat/pgchat/chat"
@@ -39,11 +40,74 @@ func (f *clientFlags) check() error {
 	return nil
 }
 
-func (f *clientFlags) logger(stderr io.Writer) *slog.Logger {
-	if !f.verbose {
-		return slog.New(slog.DiscardHandler)
+func (f *clientFlags) logger(stderr io.Writer, last *lastError) *slog.Logger {
+	var h slog.Handler = slog.DiscardHandler
+	if f.verbose {
+		h = slog.NewTextHandler(stderr, nil)
 	}
-	return slog.New(slog.NewTextHandler(stderr, nil))
+	return slog.New(&lastErrorHandler{Handler: h, last: last})
+}
+
+// noAnswerAfter is how long tail and send wait for a first connection
+// before they say that nothing answers.
+const noAnswerAfter = 3 * time.Second
+
+// warnIfNoAnswer prints one line to stderr if connected is not closed
+// within noAnswerAfter; it returns when ctx ends or connected closes.
+func warnIfNoAnswer(ctx context.Context, stderr io.Writer, cmd, url string, connected <-chan struct{}, last *lastError) {
+	select {
+	case <-ctx.Done():
+	case <-connected:
+	case <-time.After(noAnswerAfter):
+		reason := "no answer"
+		if err := last.get(); err != "" {
+			reason = err
+		}
+		fmt.Fprintf(stderr, "pgchat %s: nothing answers at %s after %s (%s); still trying, Ctrl-C to stop\n", cmd, url, noAnswerAfter, reason)
+	}
+}
+
+// lastError keeps the err attribute of the client's latest log record:
+// why the last connection attempt failed.
+type lastError struct {
+	mu  sync.Mutex
+	err string
+}
+
+func (l *lastError) get() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+type lastErrorHandler struct {
+	slog.Handler
+	last *lastError
+}
+
+func (h *lastErrorHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *lastErrorHandler) Handle(ctx context.Context, r slog.Record) error {
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "err" {
+			h.last.mu.Lock()
+			h.last.err = a.Value.String()
+			h.last.mu.Unlock()
+		}
+		return true
+	})
+	if !h.Handler.Enabled(ctx, r.Level) {
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *lastErrorHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &lastErrorHandler{Handler: h.Handler.WithAttrs(attrs), last: h.last}
+}
+
+func (h *lastErrorHandler) WithGroup(name string) slog.Handler {
+	return &lastErrorHandler{Handler: h.Handler.WithGroup(name), last: h.last}
 }
 
 // parseFlags parses args; help is true when -h was asked for (and printed).
@@ -80,13 +144,17 @@ Connection changes go to stderr. Stops on Ctrl-C.
 	if err := f.check(); err != nil {
 		return err
 	}
+	var last lastError
+	connected := make(chan struct{})
+	markConnected := sync.OnceFunc(func() { close(connected) })
 	opts := client.Options{
 		URL:   f.url,
 		Name:  f.name,
 		Token: f.token,
 		Rooms: []string{f.room},
-		Log:   f.logger(stderr),
+		Log:   f.logger(stderr, &last),
 		OnConnect: func(instance string) {
+			markConnected()
 			fmt.Fprintf(stderr, "connected to %s\n", instance)
 		},
 		OnMessage: func(m client.Message) {
@@ -96,7 +164,13 @@ Connection changes go to stderr. Stops on Ctrl-C.
 	if *since >= 0 {
 		opts.Since = map[string]int64{f.room: *since}
 	}
-	return client.New(opts).Run(ctx)
+	wctx, stopWarn := context.WithCancel(ctx)
+	defer stopWarn()
+	go warnIfNoAnswer(wctx, stderr, "tail", f.url, connected, &last)
+	if err := client.New(opts).Run(ctx); err != nil {
+		return fmt.Errorf("tail: %w", err)
+	}
+	return nil
 }
 
 // formatMessage is one line of pgchat tail.
@@ -137,7 +211,12 @@ an error or after -timeout.
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	c := client.New(client.Options{URL: f.url, Name: f.name, Token: f.token, Rooms: []string{f.room}, Log: f.logger(stderr)})
+	var last lastError
+	connected := make(chan struct{})
+	markConnected := sync.OnceFunc(func() { close(connected) })
+	c := client.New(client.Options{URL: f.url, Name: f.name, Token: f.token, Rooms: []string{f.room}, Log: f.logger(stderr, &last),
+		OnConnect: func(string) { markConnected() }})
+	go warnIfNoAnswer(ctx, stderr, "send", f.url, connected, &last)
 	runErr := make(chan error, 1)
 	go func() { runErr <- c.Run(ctx) }()
 	seq, err := c.Send(ctx, f.room, body)

@@ -150,9 +150,10 @@ PostgreSQL server programs: initdb and postgres).
 	}
 	vars := env.ToMap(environ)
 	shutdownTimeout, _ := time.ParseDuration(cmp.Or(vars["SHUTDOWN_TIMEOUT"], "10s"))
+	drainDelay, _ := time.ParseDuration(cmp.Or(vars["DRAIN_DELAY"], "2s"))
 
 	logs := &lockedWriter{w: stderr}
-	cl := &cluster{logs: logs, stopTimeout: shutdownTimeout + 5*time.Second}
+	cl := &cluster{logs: logs, stopTimeout: drainDelay + shutdownTimeout + 5*time.Second}
 	defer cl.stop()
 
 	dbURL, err := cl.database(ctx, vars)
@@ -165,6 +166,11 @@ PostgreSQL server programs: initdb and postgres).
 		name, p := fmt.Sprintf("app-%d", i), *port+i
 		cmd := exec.Command(exe, "serve")
 		cmd.Env = append(slices.Clip(base), "PORT="+strconv.Itoa(p), "INSTANCE_ID="+name)
+		if vars["DRAIN_DELAY"] == "" {
+			// HAProxy retries a refused upgrade elsewhere (retry-on 503)
+			// and stops first on Ctrl-C: a short delay is enough here.
+			cmd.Env = append(cmd.Env, "DRAIN_DELAY=2s")
+		}
 		app, err := cl.start(name, cmd, nil)
 		if err != nil {
 			return fmt.Errorf("cluster: %w", err)
@@ -406,81 +412,25 @@ func isFile(p string) bool {
 	return err == nil && !st.IsDir()
 }
 
-// startPostgres initializes a throwaway cluster in a temporary directory and
-// runs it on a free local port until cl.stop, which deletes it. initdb
-// refuses to run as root, so as root both run as the postgres (or nobody)
-// user.
+// startPostgres initializes a throwaway cluster (tempPostgres) and runs it
+// on a free local port until cl.stop, which deletes it.
 func (cl *cluster) startPostgres(ctx context.Context, bin string) (string, error) {
-	var runAs *user.User
-	if os.Geteuid() == 0 {
-		for _, name := range []string{"postgres", "nobody"} {
-			if u, err := user.Lookup(name); err == nil {
-				runAs = u
-				break
-			}
-		}
-		if runAs == nil {
-			return "", errors.New("initdb refuses to run as root, and there is no postgres or nobody user to run it as: run pgchat cluster as a normal user, or set DATABASE_URL")
-		}
-	}
-	dir, err := os.MkdirTemp("", "pgchat-cluster-db-")
+	pg, err := initTempPostgres(ctx, bin)
 	if err != nil {
 		return "", err
 	}
-	cl.dirs = append(cl.dirs, dir)
-	if runAs != nil {
-		uid, _ := strconv.Atoi(runAs.Uid)
-		gid, _ := strconv.Atoi(runAs.Gid)
-		if err := os.Chown(dir, uid, gid); err != nil {
-			return "", fmt.Errorf("hand %s to user %s: %w", dir, runAs.Username, err)
-		}
-	}
-	data := filepath.Join(dir, "data")
-	initdb := exec.CommandContext(ctx, filepath.Join(bin, "initdb"), "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "-N")
-	initdb.Dir = dir
-	attr, err := childAttr(runAs)
+	cl.dirs = append(cl.dirs, pg.Dir)
+	cmd := exec.Command(filepath.Join(bin, "postgres"), append([]string{"-D", pg.Data}, pg.serverOptions()...)...)
+	cmd.Dir = pg.Dir
+	cl.postgres, err = cl.start("postgres", cmd, pg.RunAs)
 	if err != nil {
 		return "", err
 	}
-	initdb.SysProcAttr = attr
-	if out, err := initdb.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("initdb: %v: %s", err, bytes.TrimSpace(out))
+	if err := pg.waitAccepting(ctx, cl.postgres.done, 30*time.Second); err != nil {
+		return "", fmt.Errorf("the private PostgreSQL: %w", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	pg := exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-p", strconv.Itoa(port),
-		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="+dir, "-c", "max_connections=300")
-	pg.Dir = dir
-	cl.postgres, err = cl.start("postgres", pg, runAs)
-	if err != nil {
-		return "", err
-	}
-	u := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		conn, err := store.Connect(pctx, u, "cluster probe")
-		cancel()
-		if err == nil {
-			conn.Close(ctx)
-			fmt.Fprintf(cl.logs, "pgchat cluster: private PostgreSQL in %s on port %d (deleted on exit)\n", dir, port)
-			return u, nil
-		}
-		select {
-		case <-cl.postgres.done:
-			return "", fmt.Errorf("the private PostgreSQL exited: %v", cl.postgres.err)
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("the private PostgreSQL did not answer within 30s: %w", err)
-		}
-	}
+	fmt.Fprintf(cl.logs, "pgchat cluster: private PostgreSQL in %s on port %d (deleted on exit)\n", pg.Dir, pg.Port)
+	return pg.URL(), nil
 }
 
 // redact hides a URL's password.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -22,9 +23,11 @@ import (
 // start-up. `pgchat help` prints it from these tags, so the tags are the
 // documentation: keep help short and the default in envDefault.
 type Config struct {
-	DatabaseURL       string `env:"DATABASE_URL" envDefault:"postgres://postgres@localhost:5432/postgres?sslmode=disable" help:"PostgreSQL URL for queries and writes; pool settings ride in it (pool_max_conns=20); PG* variables fill what it leaves out (PGPASSWORD)"`
-	ListenDatabaseURL string `env:"LISTEN_DATABASE_URL" help:"direct (session) URL for LISTEN and migrations, for when DATABASE_URL goes through a transaction-mode pooler; default: DATABASE_URL"`
+	DatabaseURL       string `env:"DATABASE_URL" envDefault:"postgres://postgres@localhost:5432/postgres?sslmode=disable" help:"PostgreSQL URL for queries and writes, direct or through a pooler (then set LISTEN_DATABASE_URL); PG* variables fill what it leaves out (PGPASSWORD)"`
+	ListenDatabaseURL string `env:"LISTEN_DATABASE_URL" help:"direct (session) URL for LISTEN and migrations; set it when DATABASE_URL goes through a transaction-mode pooler: reads then use no named prepared statements (default_query_exec_mode=exec unless DATABASE_URL sets one) and appends use this URL; default: DATABASE_URL"`
 	Port              int    `env:"PORT" envDefault:"8080" help:"HTTP port for /, /ws, /healthz, /readyz, /metrics"`
+	Host              string `env:"HOST" help:"address to bind (127.0.0.1: this machine only); default: every interface"`
+	DBPoolSize        int    `env:"DB_POOL_SIZE" envDefault:"10" help:"connections for reads (joins, catch-ups, history); appends get 2 more of their own"`
 	InstanceID        string `env:"INSTANCE_ID" help:"this instance's name in welcome frames, messages and logs; default: FLY_MACHINE_ID, else APP_ID, else the hostname"`
 	FlyMachineID      string `env:"FLY_MACHINE_ID" help:"set by Fly.io; a default for INSTANCE_ID"`
 	AppID             string `env:"APP_ID" help:"a default for INSTANCE_ID (docker compose convention)"`
@@ -42,7 +45,8 @@ type Config struct {
 	PingInterval    time.Duration `env:"PING_INTERVAL" envDefault:"25s" help:"WebSocket keepalive ping period; a peer that does not answer is dropped"`
 	WriteTimeout    time.Duration `env:"WRITE_TIMEOUT" envDefault:"10s" help:"limit for each write to a client and each database call"`
 	SyncInterval    time.Duration `env:"SYNC_INTERVAL" envDefault:"30s" help:"how often rooms with local members are checked against the table (a safety net for lost notifications)"`
-	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s" help:"graceful shutdown limit on SIGTERM/SIGINT; keep it below the platform's kill timeout"`
+	DrainDelay      time.Duration `env:"DRAIN_DELAY" envDefault:"5s" help:"on SIGTERM/SIGINT, how long /readyz answers 503 (and new sockets get 503) before the port closes, so load balancers see it"`
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s" help:"graceful shutdown limit after DRAIN_DELAY; keep both below the platform's kill timeout"`
 	ConnectTimeout  time.Duration `env:"DB_CONNECT_TIMEOUT" envDefault:"30s" help:"how long start-up retries an unreachable database before exiting"`
 
 	AuthSecret       string        `env:"AUTH_SECRET" help:"set it (32+ random characters) to require signed tokens (pgchat token) on /ws and the history API; unset: anonymous mode, for demos and trusted networks"`
@@ -55,6 +59,10 @@ type Config struct {
 	AllowedOrigins []string   `env:"ALLOWED_ORIGINS" envSeparator:"," help:"extra browser origins (host patterns like chat.example.com or *.example.com) allowed to open /ws; the page's own host is always allowed"`
 	LogLevel       slog.Level `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat      string     `env:"LOG_FORMAT" envDefault:"text" help:"text or json"`
+
+	// pooled is set when LISTEN_DATABASE_URL differs from DATABASE_URL,
+	// which says DATABASE_URL goes through a transaction-mode pooler.
+	pooled bool
 }
 
 // loadConfig reads Config from environ (os.Environ() form) and validates it.
@@ -65,6 +73,7 @@ func loadConfig(environ []string) (Config, error) {
 	if err != nil {
 		return Config{}, configError(err, vars)
 	}
+	cfg.pooled = cfg.ListenDatabaseURL != "" && cfg.ListenDatabaseURL != cfg.DatabaseURL
 	if cfg.ListenDatabaseURL == "" {
 		cfg.ListenDatabaseURL = cfg.DatabaseURL
 	}
@@ -99,6 +108,8 @@ func (cfg Config) validate() error {
 		{cfg.WriteTimeout > 0, "WRITE_TIMEOUT", "a positive duration like 10s"},
 		{cfg.SyncInterval > 0, "SYNC_INTERVAL", "a positive duration like 30s"},
 		{cfg.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT", "a positive duration like 10s"},
+		{cfg.DrainDelay >= 0, "DRAIN_DELAY", "a duration like 5s, or 0"},
+		{cfg.DBPoolSize > 0 && cfg.DBPoolSize <= 1000, "DB_POOL_SIZE", "between 1 and 1000"},
 		{cfg.ConnectTimeout >= 0, "DB_CONNECT_TIMEOUT", "a duration like 30s"},
 		{cfg.LogFormat == "text" || cfg.LogFormat == "json", "LOG_FORMAT", `"text" or "json"`},
 		{cfg.AuthSecret == "" || len(cfg.AuthSecret) >= 32, "AUTH_SECRET", "at least 32 characters (openssl rand -base64 32), or unset"},
@@ -140,7 +151,11 @@ func configError(err error, vars map[string]string) error {
 	return err
 }
 
-// printHelp lists every variable with its default, from Config's tags.
+// helpWidth is the width `pgchat help` fits in.
+const helpWidth = 100
+
+// printHelp lists every variable with its default, from Config's tags,
+// within helpWidth columns.
 func printHelp(w io.Writer) {
 	fmt.Fprint(w, "pgchat: a scale-out WebSocket chat server on PostgreSQL.\n\nUsage:\n")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -150,15 +165,40 @@ func printHelp(w io.Writer) {
 	}
 	fmt.Fprintf(tw, "  pgchat help\tshow this help; pgchat COMMAND -h shows a command's flags\n")
 	tw.Flush()
-	fmt.Fprint(w, "\nEnvironment (serve and migrate):\n")
+	fmt.Fprint(w, "\nEnvironment (serve and migrate), with defaults:\n")
 	t := reflect.TypeFor[Config]()
 	for i := range t.NumField() {
 		f := t.Field(i)
-		def := f.Tag.Get("envDefault")
-		if def == "" {
-			def = "-"
+		if !f.IsExported() {
+			continue
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\n", f.Tag.Get("env"), def, f.Tag.Get("help"))
+		line := "  " + f.Tag.Get("env")
+		if def := f.Tag.Get("envDefault"); def != "" {
+			line += "=" + def
+		}
+		fmt.Fprintln(w, line)
+		for _, l := range wrap(f.Tag.Get("help"), helpWidth-6) {
+			fmt.Fprintln(w, "      "+l)
+		}
 	}
-	tw.Flush()
+}
+
+// wrap breaks s into lines of at most width columns, at spaces.
+func wrap(s string, width int) []string {
+	var lines []string
+	line := ""
+	for _, word := range strings.Fields(s) {
+		if line != "" && len(line)+1+len(word) > width {
+			lines = append(lines, line)
+			line = ""
+		}
+		if line != "" {
+			line += " "
+		}
+		line += word
+	}
+	if line != "" {
+		lines = append(lines, line)
+	}
+	return lines
 }

@@ -26,6 +26,9 @@ import (
 // defaultShutdownTimeout is pgchat's SHUTDOWN_TIMEOUT when unset.
 const defaultShutdownTimeout = 10 * time.Second
 
+// defaultDrainDelay is pgchat's DRAIN_DELAY when unset.
+const defaultDrainDelay = 5 * time.Second
+
 // composeFile is the part of docker-compose.yml the tests look at.
 type composeFile struct {
 	Name     string                    `yaml:"name"`
@@ -164,8 +167,14 @@ func TestComposeFile(t *testing.T) {
 				t.Fatalf("app SHUTDOWN_TIMEOUT = %q: %v", s, err)
 			}
 		}
-		if grace <= shutdown {
-			t.Errorf("app stop_grace_period = %v, want > SHUTDOWN_TIMEOUT (%v)", grace, shutdown)
+		drain := defaultDrainDelay
+		if s, ok := app.Environment["DRAIN_DELAY"]; ok {
+			if drain, err = time.ParseDuration(s); err != nil {
+				t.Fatalf("app DRAIN_DELAY = %q: %v", s, err)
+			}
+		}
+		if grace <= drain+shutdown {
+			t.Errorf("app stop_grace_period = %v, want > DRAIN_DELAY + SHUTDOWN_TIMEOUT (%v + %v)", grace, drain, shutdown)
 		}
 	})
 
@@ -279,8 +288,14 @@ func TestFlyToml(t *testing.T) {
 			t.Errorf("[env] SHUTDOWN_TIMEOUT = %q: %v", s, err)
 		}
 	}
-	if killTimeout <= shutdown {
-		t.Errorf("kill_timeout = %v, want > SHUTDOWN_TIMEOUT (%v)", killTimeout, shutdown)
+	drain := defaultDrainDelay
+	if s, ok := fly.Env["DRAIN_DELAY"]; ok {
+		if drain, err = time.ParseDuration(s); err != nil {
+			t.Errorf("[env] DRAIN_DELAY = %q: %v", s, err)
+		}
+	}
+	if killTimeout <= drain+shutdown {
+		t.Errorf("kill_timeout = %v, want > DRAIN_DELAY + SHUTDOWN_TIMEOUT (%v + %v)", killTimeout, drain, shutdown)
 	}
 	if killTimeout > 300*time.Second {
 		t.Errorf("kill_timeout = %v, want <= 300s (Fly's maximum)", killTimeout)

@@ -35,6 +35,7 @@ func testEnv(dbURL, id string, extra ...string) []string {
 		"INSTANCE_ID=" + id,
 		"RATE_LIMIT=-1",
 		"SHUTDOWN_TIMEOUT=10s",
+		"DRAIN_DELAY=0",    // the drain tests set their own
 		"SYNC_INTERVAL=1h", // tests must not pass thanks to the safety net
 	}, extra...)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pgchat/pgchat/chat"
+	"github.com/pgchat/pgchat/store"
 )
 
 // metrics is one instance's Prometheus metrics, served at /metrics from a
@@ -25,6 +26,8 @@ type metrics struct {
 	delivered          prometheus.Counter
 	batchSize          prometheus.Histogram
 	commitFailures     prometheus.Counter
+	queueFullFailures  prometheus.Counter
+	notifyQueueUsage   prometheus.Gauge
 	commitSeconds      prometheus.Histogram
 	deliverySeconds    prometheus.Histogram
 	listenerReconnects prometheus.Counter
@@ -68,6 +71,14 @@ func newMetrics() *metrics {
 			Name: "pgchat_commit_failures_total",
 			Help: "Transactions that failed; their senders got unavailable.",
 		}),
+		queueFullFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgchat_commit_failures_notify_queue_full_total",
+			Help: "Of pgchat_commit_failures_total, those refused because PostgreSQL's notification queue was full (SQLSTATE 54000).",
+		}),
+		notifyQueueUsage: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pgchat_notify_queue_usage_ratio",
+			Help: "pg_notification_queue_usage(): fraction of PostgreSQL's notification queue in use (cluster-wide), read every 10s.",
+		}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "pgchat_commit_duration_seconds",
 			Help:    "Time to append one batch: insert, notify and commit.",
@@ -98,7 +109,7 @@ func newMetrics() *metrics {
 	m.reg.MustRegister(m.disconnects)
 	m.reg.MustRegister(
 		m.connections, m.memberships, m.accepted, m.delivered, m.batchSize,
-		m.commitFailures, m.commitSeconds, m.deliverySeconds,
+		m.commitFailures, m.queueFullFailures, m.notifyQueueUsage, m.commitSeconds, m.deliverySeconds,
 		m.listenerReconnects, m.gapFetches, m.slowConsumers,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -127,6 +138,9 @@ func (m *metrics) commit(size, fresh int, took time.Duration, err error) {
 	m.commitSeconds.Observe(took.Seconds())
 	if err != nil {
 		m.commitFailures.Inc()
+		if store.IsNotifyQueueFull(err) {
+			m.queueFullFailures.Inc()
+		}
 		return
 	}
 	m.accepted.Add(float64(size))

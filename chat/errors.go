@@ -3,6 +3,8 @@ package chat
 import (
 	"errors"
 	"fmt"
+
+	"github.com/pgchat/pgchat/store"
 )
 
 // Code is an error code of protocol v1.
@@ -52,6 +54,9 @@ func clientMessage(err error) string {
 	var e *Error
 	if errors.As(err, &e) {
 		return e.Message
+	}
+	if store.IsNotifyQueueFull(err) {
+		return "not stored: the database's notification queue is full (an operator must find the listener that stopped consuming); retry later with the same ref"
 	}
 	return "temporarily unavailable, retry with the same ref"
 }

@@ -19,6 +19,9 @@ type HandlerOptions struct {
 	// Ready reports whether the instance can serve (database reachable,
 	// listener connected); /readyz answers 503 with its error otherwise.
 	Ready func(ctx context.Context) error
+	// ReadyNote, if set, returns a warning for /readyz's body that does
+	// not make it fail ("" for none).
+	ReadyNote func() string
 	// AllowedOrigins lists extra origin host patterns (path.Match syntax,
 	// e.g. "chat.example.com" or "*.example.com") allowed to open a
 	// WebSocket besides the page's own host.
@@ -112,6 +115,11 @@ func (s *server) serveHistory(w http.ResponseWriter, r *http.Request) {
 		}
 		before = n
 	}
+	if !s.hub.history.tryAcquire() {
+		historyBusy(w)
+		return
+	}
+	defer s.hub.history.release()
 	ctx, cancel := context.WithTimeout(r.Context(), s.hub.opts.WriteTimeout)
 	defer cancel()
 	head, msgs, err := s.hub.db.Before(ctx, room, before, limit)
@@ -169,6 +177,12 @@ func (s *server) serveReady(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		if err := s.opts.Ready(ctx); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+	}
+	if s.opts.ReadyNote != nil {
+		if note := s.opts.ReadyNote(); note != "" {
+			fmt.Fprintln(w, "ready; warning:", note)
 			return
 		}
 	}

@@ -28,6 +28,8 @@ type Options struct {
 	MaxRooms        int           // rooms one connection may join (100)
 	MaxInflight     int           // sends awaiting their ack per connection (64)
 	SyncInterval    time.Duration // how often live rooms are checked against the table (30s)
+	MaxCatchUps     int           // rooms read from the table at once to catch up (4; budget.go)
+	MaxHistoryReads int           // history requests served at once (4)
 	Log             *slog.Logger  // nil: discard
 	Metrics         Metrics       // nil: none
 }
@@ -56,6 +58,8 @@ func (o *Options) setDefaults() {
 	def(&o.MaxRooms, 100)
 	def(&o.MaxInflight, 64)
 	defd(&o.SyncInterval, 30*time.Second)
+	def(&o.MaxCatchUps, 4)
+	def(&o.MaxHistoryReads, 4)
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -82,13 +86,16 @@ type Hub struct {
 	draining atomic.Bool
 	clients  sync.WaitGroup // registered connections, until their Closed
 	sockets  *wsconn.Set    // the connections' keepalive and idle parking; Run runs it
+	catchUps slots          // budget.go
+	history  slots
 
-	mu        sync.Mutex
-	rooms     map[string]*room
-	conns     map[*client]struct{}
-	closing   bool
-	needFetch map[string]struct{} // rooms to catch up from the table
-	wake      chan struct{}       // cap 1: needFetch has entries
+	mu         sync.Mutex
+	rooms      map[string]*room
+	conns      map[*client]struct{}
+	closing    bool
+	needFetch  map[string]struct{} // rooms to catch up from the table
+	needVerify map[string]int64    // rooms whose head may have moved backwards (heads.go)
+	wake       chan struct{}       // cap 1: needFetch has entries
 }
 
 // room is the hub's view of one room with local members. Guarded by Hub.mu.
@@ -113,19 +120,22 @@ type member struct {
 func NewHub(db *store.DB, b *store.Batcher, opts Options) *Hub {
 	opts.setDefaults()
 	return &Hub{
-		db:        db,
-		batcher:   b,
-		opts:      opts,
-		log:       opts.Log,
-		rooms:     make(map[string]*room),
-		conns:     make(map[*client]struct{}),
-		needFetch: make(map[string]struct{}),
-		wake:      make(chan struct{}, 1),
+		db:         db,
+		batcher:    b,
+		opts:       opts,
+		log:        opts.Log,
+		rooms:      make(map[string]*room),
+		conns:      make(map[*client]struct{}),
+		needFetch:  make(map[string]struct{}),
+		needVerify: make(map[string]int64),
+		wake:       make(chan struct{}, 1),
 		sockets: wsconn.NewSet(wsconn.Options{
 			PingInterval: opts.PingInterval,
 			WriteTimeout: opts.WriteTimeout,
 			MaxQueued:    opts.SendBuffer,
 		}),
+		catchUps: newSlots(opts.MaxCatchUps),
+		history:  newSlots(opts.MaxHistoryReads),
 	}
 }
 
@@ -156,6 +166,9 @@ func (h *Hub) Run(ctx context.Context) {
 			for _, name := range names {
 				wg.Go(func() { h.catchUp(ctx, name) })
 			}
+			for name, last := range h.takeVerifies() {
+				wg.Go(func() { h.verifyHead(ctx, name, last) })
+			}
 		}
 	}
 }
@@ -181,6 +194,9 @@ func (h *Hub) Deliver(payload string) {
 	if r.ready && r.target > r.last {
 		h.requestFetch(r)
 	}
+	if r.ready && n.Last < r.last {
+		h.suspectHead(r)
+	}
 }
 
 // Resync catches every room up from the table. The listener calls it once
@@ -203,9 +219,11 @@ func (h *Hub) Resync(context.Context) {
 func (h *Hub) checkHeads(ctx context.Context) {
 	h.mu.Lock()
 	names := make([]string, 0, len(h.rooms))
+	lasts := make(map[string]int64, len(h.rooms)) // delivered before the read: the heads are at least these
 	for name, r := range h.rooms {
 		if r.ready {
 			names = append(names, name)
+			lasts[name] = r.last
 		}
 	}
 	h.mu.Unlock()
@@ -222,6 +240,10 @@ func (h *Hub) checkHeads(ctx context.Context) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for name, head := range heads {
+		if r := h.rooms[name]; r != nil && r.ready && head < lasts[name] {
+			h.resetRoom(r, head, "head check")
+			continue
+		}
 		if r := h.rooms[name]; r != nil && r.ready && head > r.last {
 			r.target = max(r.target, head)
 			h.requestFetch(r)
@@ -263,10 +285,14 @@ func (h *Hub) catchUp(ctx context.Context, name string) {
 		from := r.last
 		h.mu.Unlock()
 
+		if h.catchUps.acquire(ctx) != nil {
+			return
+		}
 		h.opts.Metrics.GapFetch()
 		qctx, cancel := context.WithTimeout(ctx, h.opts.WriteTimeout)
 		msgs, err := h.db.Since(qctx, name, from, h.opts.ReplayLimit)
 		cancel()
+		h.catchUps.release()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -372,6 +398,12 @@ func (r *room) fanout(m store.Message) {
 // so anything committed later reaches the room's stream, and it goes live
 // only once the stream has not passed what it was replayed.
 func (h *Hub) join(ctx context.Context, c *client, name string, since int64, hasSince bool) error {
+	return h.joinFrom(ctx, c, name, since, hasSince, true)
+}
+
+// joinFrom is join; recovered false makes the joined frame say so (a join
+// that started over after a reset, heads.go).
+func (h *Hub) joinFrom(ctx context.Context, c *client, name string, since int64, hasSince, wasRecovered bool) error {
 	h.mu.Lock()
 	if h.closing {
 		h.mu.Unlock()
@@ -401,7 +433,7 @@ func (h *Hub) join(ctx context.Context, c *client, name string, since int64, has
 	if err != nil {
 		return fail(err)
 	}
-	recovered := !hasSince || head-since <= int64(limit)
+	recovered := wasRecovered && (!hasSince || head-since <= int64(limit))
 	if hasSince && since > head { // the client knows more than the table: start over
 		recovered = false
 		qctx, cancel := context.WithTimeout(ctx, h.opts.WriteTimeout)
@@ -423,6 +455,12 @@ func (h *Hub) join(ctx context.Context, c *client, name string, since int64, has
 		if r.members[c] != mem { // the connection is closing
 			h.mu.Unlock()
 			return errShuttingDown
+		}
+		if h.rooms[name] != r { // reset while c joined (heads.go): start over from what c got
+			delete(r.members, c)
+			h.mu.Unlock()
+			h.opts.Metrics.Memberships(-1)
+			return h.joinFrom(ctx, c, name, cursor, true, recovered)
 		}
 		if !r.ready {
 			r.ready, r.last = true, cursor
@@ -450,7 +488,15 @@ func (h *Hub) join(ctx context.Context, c *client, name string, since int64, has
 			return fail(err)
 		}
 		if len(msgs) == 0 {
-			return fail(errorf(CodeUnavailable, "room %s is out of step with the database", name))
+			// The room delivered past cursor (messages committed before
+			// this read), yet the table ends at cursor: its head moved
+			// backwards.
+			h.mu.Lock()
+			if h.rooms[name] == r {
+				h.resetRoom(r, cursor, "join")
+			}
+			h.mu.Unlock()
+			continue
 		}
 		cursor = msgs[len(msgs)-1].Seq
 	}

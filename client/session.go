@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -116,7 +118,7 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 	conn, resp, err := websocket.Dial(dctx, u.String(), &dopts)
 	if err != nil {
 		if resp != nil && resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests {
-			return nil, &permanentError{fmt.Errorf("server refused the connection: %s", resp.Status)}
+			return nil, &permanentError{fmt.Errorf("server refused the connection: %s%s", resp.Status, refusalReason(resp))}
 		}
 		return nil, fmt.Errorf("dial: %w", err)
 	}
@@ -342,4 +344,24 @@ func write(ctx context.Context, conn *websocket.Conn, v any) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	return conn.Write(ctx, websocket.MessageText, b)
+}
+
+// refusalReason is ": " and the server's reason for refusing an upgrade,
+// from the start of the response body (text, or a JSON error's message),
+// or "".
+func refusalReason(resp *http.Response) string {
+	if resp.Body == nil {
+		return ""
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	var e struct {
+		Message string `json:"message"`
+	}
+	if json.Unmarshal(b, &e) == nil && e.Message != "" {
+		return ": " + e.Message
+	}
+	if line, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n"); line != "" {
+		return ": " + line
+	}
+	return ""
 }

@@ -26,7 +26,7 @@ func (db *DB) Append(ctx context.Context, msgs []NewMessage) (results []Result, 
 	if len(msgs) == 0 {
 		return nil, nil
 	}
-	conn, err := db.pool.Acquire(ctx)
+	conn, err := db.writes().Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("append: acquire connection: %w", err)
 	}

@@ -143,7 +143,10 @@ func (b *Batcher) commit(ctx context.Context, batch []appendRequest) {
 		}
 		b.onCommit(len(msgs), fresh, time.Since(start), err)
 	}
-	if err != nil {
+	switch {
+	case IsNotifyQueueFull(err):
+		b.log.Error("messages not stored: PostgreSQL's notification queue is full (a listening session stopped consuming: docs/deploy.md); senders get unavailable", "messages", len(msgs), "err", err)
+	case err != nil:
 		b.log.Error("messages not stored: senders get unavailable and may resend", "messages", len(msgs), "err", err)
 	}
 	for i, req := range batch {

@@ -32,13 +32,54 @@ type Listener struct {
 	// Log gets connection lifecycle events. Nil discards them.
 	Log *slog.Logger
 	// ReconnectDelay is the base of the exponential backoff (with full
-	// jitter) between attempts; default 250ms, capped at 30 times it.
+	// jitter) between attempts; default 250ms, capped at 8 times it: one
+	// connection per instance is cheap to retry, and an instance is not
+	// ready until it is back.
 	ReconnectDelay time.Duration
 	// PingInterval is how long the connection may stay silent before it is
 	// pinged; a failed ping means it is dead. Default 15s.
 	PingInterval time.Duration
+	// StallTimeout is how long after an Expect the listener waits for a
+	// notification before it deems the connection stalled (alive, but not
+	// receiving) and reconnects, which resyncs through OnListen.
+	// Default 10s.
+	StallTimeout time.Duration
 
-	connected atomic.Bool
+	connected  atomic.Bool
+	lastNotify atomic.Int64 // UnixNano of the last notification received
+	awaiting   atomic.Int64 // UnixNano of the oldest Expect not answered; 0: none
+	listenedAt atomic.Int64 // UnixNano of the current LISTEN
+}
+
+// Expect tells the listener that a transaction that began at start sent a
+// notification on Channel and committed, so one at least that recent must
+// arrive. If none does within StallTimeout, the connection is reconnected.
+func (l *Listener) Expect(start time.Time) {
+	s := start.UnixNano()
+	if s <= l.lastNotify.Load() || s < l.listenedAt.Load() {
+		return // answered already, or sent before this LISTEN (OnListen's resync reads it)
+	}
+	l.awaiting.CompareAndSwap(0, s)
+}
+
+// received records a notification.
+func (l *Listener) received() {
+	now := time.Now().UnixNano()
+	l.lastNotify.Store(now)
+	if a := l.awaiting.Load(); a != 0 && a <= now {
+		l.awaiting.CompareAndSwap(a, 0)
+	}
+}
+
+// stalled reports whether an Expect has gone unanswered for longer than
+// timeout.
+func (l *Listener) stalled(timeout time.Duration) (time.Duration, bool) {
+	a := l.awaiting.Load()
+	if a == 0 {
+		return 0, false
+	}
+	waited := time.Duration(time.Now().UnixNano() - a)
+	return waited, waited > timeout
 }
 
 // Connected reports whether LISTEN is live right now.
@@ -61,7 +102,7 @@ func (l *Listener) Listen(ctx context.Context) error {
 		if time.Since(start) > time.Minute {
 			attempt = 0 // it was healthy for a while: start the backoff over
 		}
-		delay := time.Duration(rand.Int64N(int64(min(base<<min(attempt, 16), 30*base)) + 1))
+		delay := time.Duration(rand.Int64N(int64(min(base<<min(attempt, 16), 8*base)) + 1))
 		log.Warn("listener disconnected", "err", err, "retry_in", delay.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
@@ -81,9 +122,14 @@ func (l *Listener) listen(ctx context.Context, log *slog.Logger, reconnect bool)
 		defer cancel()
 		conn.Close(cctx)
 	}()
-	if _, err := conn.Exec(ctx, "listen "+pgx.Identifier{Channel}.Sanitize()); err != nil {
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = conn.Exec(lctx, "listen "+pgx.Identifier{Channel}.Sanitize())
+	cancel()
+	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	l.listenedAt.Store(time.Now().UnixNano())
+	l.awaiting.Store(0) // what was awaited is read by OnListen's resync
 	l.connected.Store(true)
 	if reconnect {
 		log.Info("listener reconnected, catching up")
@@ -94,16 +140,27 @@ func (l *Listener) listen(ctx context.Context, log *slog.Logger, reconnect bool)
 		l.OnListen(ctx)
 	}
 	interval := cmpDefault(l.PingInterval, 15*time.Second)
+	stall := cmpDefault(l.StallTimeout, 10*time.Second)
+	silentSince := time.Now()
 	for {
-		wctx, cancel := context.WithTimeout(ctx, interval)
+		wctx, cancel := context.WithTimeout(ctx, min(interval, stall/4))
 		n, err := conn.WaitForNotification(wctx)
 		cancel()
 		switch {
 		case err == nil:
+			l.received()
+			silentSince = time.Now()
 			l.OnNotify(n.Payload)
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case errors.Is(err, context.DeadlineExceeded):
+			if waited, ok := l.stalled(stall); ok {
+				return fmt.Errorf("stalled: no notification %s after a commit of this instance notified", waited.Round(time.Millisecond))
+			}
+			if time.Since(silentSince) < interval {
+				continue
+			}
+			silentSince = time.Now()
 			// Silence: make sure the server is still there.
 			pctx, cancel := context.WithTimeout(ctx, interval)
 			err := conn.Ping(pctx)

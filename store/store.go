@@ -43,7 +43,8 @@ type Result struct {
 
 // DB is pgchat's database. It is safe for concurrent use.
 type DB struct {
-	pool     *pgxpool.Pool
+	pool     *pgxpool.Pool // reads
+	writer   *pgxpool.Pool // appends and pings (OpenWith); nil: pool
 	instance string
 }
 
@@ -86,13 +87,37 @@ func setApplicationName(cfg *pgx.ConnConfig, name string) {
 	}
 }
 
-// Close closes the pool, waiting for connections in use to be returned.
-func (db *DB) Close() { db.pool.Close() }
+// Close closes the pools, waiting for connections in use to be returned.
+func (db *DB) Close() {
+	db.pool.Close()
+	if db.writer != nil {
+		db.writer.Close()
+	}
+}
 
-// Ping checks that the database answers.
+// writes is the pool appends use.
+func (db *DB) writes() *pgxpool.Pool {
+	if db.writer != nil {
+		return db.writer
+	}
+	return db.pool
+}
+
+// Ping checks that the database answers through both pools. A read pool
+// whose connections are all in use is not pinged: it is busy, not down,
+// and a burst of reads must not make the instance look unready.
 func (db *DB) Ping(ctx context.Context) error {
-	if err := db.pool.Ping(ctx); err != nil {
+	if err := db.writes().Ping(ctx); err != nil {
 		return fmt.Errorf("ping database: %w", err)
+	}
+	if db.writer == nil {
+		return nil
+	}
+	if st := db.pool.Stat(); st.AcquiredConns() >= st.MaxConns() {
+		return nil
+	}
+	if err := db.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("ping database (read pool): %w", err)
 	}
 	return nil
 }
