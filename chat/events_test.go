@@ -17,6 +17,9 @@ func FuzzEncodeEventMessage(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, text string, kind int, seq, nanos int64) {
+		if seq < 1 {
+			return // seqs and targets start at 1
+		}
 		m := store.Message{Room: "r", Seq: seq, Author: text, Body: text, Time: time.Unix(0, nanos), Instance: "i"}
 		switch kind % 6 {
 		case 0:
