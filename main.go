@@ -156,7 +156,10 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	if err != nil {
 		return err
 	}
-	defer db.Close() // last
+	defer db.Close()                                             // last
+	if err := checkSearchConfig(ctx, db, cfg, log); err != nil { // search.go
+		return err
+	}
 
 	m := newMetrics()
 	batcher := store.NewBatcher(db, store.BatcherOptions{MaxBatch: cfg.BatchSize, Timeout: cfg.WriteTimeout, Log: log, OnCommit: m.commit})
@@ -205,6 +208,8 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	batcherDone.Go(func() { batcher.Run(batchCtx) })
 	loops.Go(func() { listener.Listen(loopCtx) })
 	loops.Go(func() { hub.Run(loopCtx) })
+	indexer := &store.Indexer{DB: db, Log: log}
+	loops.Go(func() { indexer.Run(loopCtx) }) // search.go
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("listening", "addr", ln.Addr().String(), "auth", authMode(cfg))

@@ -40,6 +40,8 @@ func NewHandler(h *Hub, opts HandlerOptions) http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", s.serveReady)
 	mux.HandleFunc("GET /api/rooms/{room}/messages", s.serveHistory)
+	mux.HandleFunc("GET /api/rooms/{room}/search", s.serveRoomSearch) // search.go
+	mux.HandleFunc("GET /api/search", s.serveSearch)
 	mux.Handle("GET /", http.FileServerFS(webRoot))
 	return mux
 }

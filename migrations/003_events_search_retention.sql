@@ -3,11 +3,11 @@
 --
 -- Safe while instances of the previous version still serve: every change is
 -- additive (new nullable columns are a catalog change, no table rewrite).
--- Building the two indexes blocks appends while it runs (a few seconds per
--- million messages): on a large table, create them beforehand with CREATE
--- INDEX CONCURRENTLY (README, "Upgrading to schema 3"); the migration then
--- skips them. (Not CONCURRENTLY here: it deadlocks with the instances that
--- wait for the migration lock meanwhile.)
+-- Building messages_room_target blocks appends while it runs (about a second
+-- per million messages; it only holds events): on a large table, create it
+-- beforehand with CREATE INDEX CONCURRENTLY (README, "Upgrading to schema
+-- 3"); the migration then skips it. (Not CONCURRENTLY here: that deadlocks
+-- with the instances waiting for the migration lock meanwhile.)
 
 -- An event is a row in messages with a kind, in the same seq stream as the
 -- plain messages it is about (kind is null on those, as on every old row).
@@ -65,9 +65,26 @@ comment on column rooms.retention_max_messages is 'Overrides RETENTION_MAX_MESSA
 -- A message's events, for deletes (which empty the edits' bodies) and psql.
 create index if not exists messages_room_target on messages (room, target, seq) where target is not null;
 
--- Full-text search over the current text of messages not deleted. The
--- expression must match the queries' exactly (store/search.go); a
--- SEARCH_CONFIG other than simple needs an index of its own (README).
-create index if not exists messages_search_simple on messages
-    using gin (to_tsvector('simple'::regconfig, body))
-    where kind is null and deleted_at is null;
+-- Full-text search, kept off the append path (docs/performance.md: an index
+-- on messages made durable ingest much slower): an indexer in one instance at
+-- a time (store.Indexer) adds each plain message's tsvector here shortly
+-- after it is committed, and search_progress says how far it got per room.
+-- Edits and deletes update the row in their own transaction.
+create table if not exists message_search (
+    room text     not null,
+    seq  bigint   not null,
+    tsv  tsvector not null,
+    primary key (room, seq),
+    foreign key (room, seq) references messages (room, seq) on delete cascade
+);
+
+create index if not exists message_search_tsv on message_search using gin (tsv);
+
+comment on table message_search is 'Full-text index of the current text of plain messages not deleted, with SEARCH_CONFIG.';
+
+create table if not exists search_progress (
+    room text   primary key,
+    seq  bigint not null
+);
+
+comment on table search_progress is 'Per room, the seq up to which message_search is filled.';

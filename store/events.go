@@ -103,7 +103,7 @@ func scanStreamed(row pgx.CollectableRow) (Message, error) {
 //   - edit: the text it replaces goes to message_versions; body becomes
 //     the new text, edited_at the event's time.
 //   - delete: body is emptied, as are the bodies of its edits, its
-//     versions and reactions are deleted; deleted_at is set.
+//     versions, reactions and search entry are deleted; deleted_at is set.
 //   - react, unreact: a row of reactions is added or removed.
 func (db *DB) ApplyEvent(ctx context.Context, e Event) (res EventResult, err error) {
 	switch e.Kind {
@@ -217,11 +217,13 @@ func (db *DB) ApplyEvent(ctx context.Context, e Event) (res EventResult, err err
 			select room, seq, $3, body, coalesce(edited_at, created_at) from messages where room = $1 and seq = $2`,
 			e.Room, e.Target, ev.Seq)
 		b.Queue(`update messages set body = $3, edited_at = $4 where room = $1 and seq = $2`, e.Room, e.Target, e.Body, now)
+		b.Queue(`update message_search set tsv = to_tsvector(`+db.regconfig()+`, $3) where room = $1 and seq = $2`, e.Room, e.Target, e.Body)
 	case KindDelete:
 		b.Queue(`update messages set body = '', deleted_at = $3 where room = $1 and seq = $2`, e.Room, e.Target, now)
 		b.Queue(`update messages set body = '' where room = $1 and target = $2 and kind = 'edit' and body <> ''`, e.Room, e.Target)
 		b.Queue(`delete from message_versions where room = $1 and seq = $2`, e.Room, e.Target)
 		b.Queue(`delete from reactions where room = $1 and target = $2`, e.Room, e.Target)
+		b.Queue(`delete from message_search where room = $1 and seq = $2`, e.Room, e.Target)
 	case KindReact:
 		b.Queue(`insert into reactions (room, target, author, emoji, seq, created_at) values ($1, $2, $3, $4, $5, $6)`,
 			e.Room, e.Target, e.Author, e.Emoji, ev.Seq, now)

@@ -57,6 +57,7 @@ type Result struct {
 type DB struct {
 	pool     *pgxpool.Pool
 	instance string
+	search   string // text search configuration (search.go)
 }
 
 // Open returns a DB over a new pool for url; instance tags the messages it
@@ -72,7 +73,7 @@ func Open(ctx context.Context, url, instance string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create pool: %w", err)
 	}
-	return &DB{pool: pool, instance: instance}, nil
+	return &DB{pool: pool, instance: instance, search: DefaultSearchConfig}, nil
 }
 
 // Connect opens a single connection for url, named "pgchat <name>" in

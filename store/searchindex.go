@@ -1,0 +1,113 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Indexer fills message_search, the full-text index, off the append path:
+// a GIN index maintained by every append made durable ingest much slower
+// (docs/performance.md), so appends only store messages and the Indexer
+// adds their tsvectors shortly after, in batches. Every instance runs one;
+// an advisory lock lets one of them work at a time.
+//
+// Set the fields before calling Run and do not change them after.
+type Indexer struct {
+	DB *DB
+	// Interval is the pause once everything is indexed; default 1s.
+	Interval time.Duration
+	// PerRoom and Rooms bound one step: messages per room and rooms;
+	// defaults 1000 and 100.
+	PerRoom, Rooms int
+	// Log gets failed steps. Nil discards them.
+	Log *slog.Logger
+}
+
+// Run indexes until ctx is cancelled.
+func (ix *Indexer) Run(ctx context.Context) {
+	log := ix.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	interval := cmpDefault(ix.Interval, time.Second)
+	for {
+		sctx, cancel := context.WithTimeout(ctx, time.Minute)
+		_, more, err := ix.DB.IndexSearch(sctx, cmpInt(ix.PerRoom, 1000), cmpInt(ix.Rooms, 100))
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			log.Warn("search indexer", "err", err)
+		}
+		if more && err == nil {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+	}
+}
+
+// IndexSearch indexes up to perRoom new messages in each of up to rooms
+// rooms, in one transaction, unless another instance is doing it. It
+// returns how many messages it indexed and whether there is more to do.
+//
+// The messages are read FOR SHARE: an edit or delete of one of them (which
+// updates message_search itself, events.go) waits for this transaction or
+// this one waits for it and reads the new text, so the index never keeps
+// text that was edited away or deleted.
+func (db *DB) IndexSearch(ctx context.Context, perRoom, rooms int) (indexed int64, more bool, err error) {
+	tx, err := db.pool.Begin(ctx)
+	if err != nil {
+		return 0, false, fmt.Errorf("index search: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	var mine bool
+	if err := tx.QueryRow(ctx, `select pg_try_advisory_xact_lock(hashtext('pgchat search indexer'))`).Scan(&mine); err != nil {
+		return 0, false, fmt.Errorf("index search: lock: %w", err)
+	}
+	if !mine {
+		return 0, false, nil
+	}
+	var busy int64
+	err = tx.QueryRow(ctx, `
+		with todo as (
+			select r.name, coalesce(p.seq, 0) as done, least(r.last_seq, coalesce(p.seq, 0) + $1) as upto
+			from rooms r
+			left join search_progress p on p.room = r.name
+			where r.last_seq > coalesce(p.seq, 0)
+			order by r.name
+			limit $2
+		), ins as (
+			insert into message_search (room, seq, tsv)
+			select m.room, m.seq, to_tsvector(`+db.regconfig()+`, m.body)
+			from todo
+			join messages m on m.room = todo.name and m.seq > todo.done and m.seq <= todo.upto
+			where m.kind is null and m.deleted_at is null
+			for share of m
+			on conflict do nothing
+			returning 1
+		), prog as (
+			insert into search_progress (room, seq)
+			select name, upto from todo
+			on conflict (room) do update set seq = excluded.seq
+		)
+		select (select count(*) from ins), (select count(*) from todo where upto - done = $1), (select count(*) from todo)`,
+		perRoom, rooms).Scan(&indexed, &busy, new(int64))
+	if err != nil {
+		return 0, false, fmt.Errorf("index search: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, false, fmt.Errorf("index search: commit: %w", err)
+	}
+	return indexed, busy > 0, nil
+}
+
+func cmpInt(v, def int) int {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
