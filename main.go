@@ -210,6 +210,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	loops.Go(func() { hub.Run(loopCtx) })
 	indexer := &store.Indexer{DB: db, Log: log}
 	loops.Go(func() { indexer.Run(loopCtx) }) // search.go
+	retention := newRetention(db, cfg, m)
+	retention.Log = log
+	loops.Go(func() { retention.Run(loopCtx) }) // retention.go
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("listening", "addr", ln.Addr().String(), "auth", authMode(cfg))
