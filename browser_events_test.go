@@ -52,12 +52,12 @@ func TestBrowserEditDeleteReactSearch(t *testing.T) {
 	}
 
 	// Bob reacts with a click; both see the count.
-	bob.do(chromedp.Click(`#messages li.msg[data-seq="32"] .act.react`, chromedp.ByQuery))
+	bob.do(chromedp.Click(chromedp.CSS(`#messages li.msg[data-seq="32"] .act.react`)))
 	for _, p := range []*tab{alice, bob} {
 		p.waitFor("the reaction", msgLine("general", seq)+`?.querySelector('.reaction')?.textContent === '👍 1'`)
 	}
 	// Clicking his reaction again takes it back.
-	bob.do(chromedp.Click(`#messages li.msg[data-seq="32"] .reaction`, chromedp.ByQuery))
+	bob.do(chromedp.Click(chromedp.CSS(`#messages li.msg[data-seq="32"] .reaction`)))
 	alice.waitFor("the reaction gone", msgLine("general", seq)+` && !`+msgLine("general", seq)+`.querySelector('.reaction')`)
 
 	// Delete with the keyboard: Enter twice (the second confirms).
@@ -75,12 +75,12 @@ func TestBrowserEditDeleteReactSearch(t *testing.T) {
 	}
 
 	// Search from the box; the result jumps back to seq 1.
-	bob.do(chromedp.Click("#search", chromedp.ByID), chromedp.KeyEvent("needle"), chromedp.KeyEvent(kb.Enter))
+	bob.do(chromedp.Click(chromedp.ID("search")), chromedp.KeyEvent("needle"), chromedp.KeyEvent(kb.Enter))
 	bob.waitFor("a result", `document.querySelector('#search-results .hit mark')?.textContent === 'needle'`)
 	if got := eval[string](bob, `document.querySelector('#search-results .hit .snippet').textContent`); got != "the needle <in> the haystack" {
 		t.Errorf("snippet text %q", got)
 	}
-	bob.do(chromedp.Click("#search-results .hit", chromedp.ByQuery))
+	bob.do(chromedp.Click(chromedp.CSS("#search-results .hit")))
 	bob.waitFor("message 1 found", msgLine("general", 1)+`?.classList.contains('found') && document.activeElement === `+msgLine("general", 1))
 	if got := bob.domMessages("general")[0]; got.Seq != 1 || got.Body != "the needle <in> the haystack" {
 		t.Errorf("first message shown: %+v", got)

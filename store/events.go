@@ -212,6 +212,7 @@ func (db *DB) ApplyEvent(ctx context.Context, e Event) (res EventResult, err err
 		ev.Room, ev.Seq, ev.Author, ev.Body, ev.Time, ev.Instance, ev.Ref, ev.Kind, ev.Target, ev.Emoji)
 	switch e.Kind {
 	case KindEdit:
+		b.Queue(`select pg_advisory_xact_lock_shared(` + searchStepLock + `)`) // searchindex.go
 		b.Queue(`
 			insert into message_versions (room, seq, replaced_by, body, created_at)
 			select room, seq, $3, body, coalesce(edited_at, created_at) from messages where room = $1 and seq = $2`,
@@ -219,6 +220,7 @@ func (db *DB) ApplyEvent(ctx context.Context, e Event) (res EventResult, err err
 		b.Queue(`update messages set body = $3, edited_at = $4 where room = $1 and seq = $2`, e.Room, e.Target, e.Body, now)
 		b.Queue(`update message_search set tsv = to_tsvector(`+db.regconfig()+`, $3) where room = $1 and seq = $2`, e.Room, e.Target, e.Body)
 	case KindDelete:
+		b.Queue(`select pg_advisory_xact_lock_shared(` + searchStepLock + `)`)
 		b.Queue(`update messages set body = '', deleted_at = $3 where room = $1 and seq = $2`, e.Room, e.Target, now)
 		b.Queue(`update messages set body = '' where room = $1 and target = $2 and kind = 'edit' and body <> ''`, e.Room, e.Target)
 		b.Queue(`delete from message_versions where room = $1 and seq = $2`, e.Room, e.Target)
@@ -272,7 +274,7 @@ func (db *DB) History(ctx context.Context, room string, before int64, limit int)
 		from rooms r
 		left join lateral (
 			select msg.*, (
-				select json_object_agg(emoji, n order by first)::text
+				select '{' || string_agg(to_json(emoji)::text || ':' || n, ',' order by first) || '}'
 				from (
 					select emoji, count(*) as n, min(seq) as first
 					from reactions x

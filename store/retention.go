@@ -117,21 +117,31 @@ func (db *DB) deleteExpired(ctx context.Context, room string, floor int64, cutof
 	if err := tx.QueryRow(ctx, `select pg_try_advisory_xact_lock(hashtext('pgchat retention'))`).Scan(&locked); err != nil || !locked {
 		return 0, false, err
 	}
-	tag, err := tx.Exec(ctx, `
+	if _, err := tx.Exec(ctx, `select pg_advisory_xact_lock_shared(`+searchStepLock+`)`); err != nil {
+		return 0, true, fmt.Errorf("retention: %w", err)
+	}
+	var n int64
+	err = tx.QueryRow(ctx, `
 		with oldest as (
 			select seq, created_at from messages where room = $1 order by seq limit $4
+		), gone as (
+			delete from messages m
+			using oldest o
+			where m.room = $1 and m.seq = o.seq and (o.seq <= $2 or o.created_at < $3)
+			returning m.seq
 		)
-		delete from messages m
-		using oldest o
-		where m.room = $1 and m.seq = o.seq and (o.seq <= $2 or o.created_at < $3)`,
-		room, floor, cutoff, batch)
+		, unindexed as (
+			delete from message_search s using gone where s.room = $1 and s.seq = gone.seq
+		)
+		select count(*) from gone`,
+		room, floor, cutoff, batch).Scan(&n)
 	if err != nil {
 		return 0, true, fmt.Errorf("retention: delete from %q: %w", room, err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return 0, true, fmt.Errorf("retention: commit: %w", err)
 	}
-	return tag.RowsAffected(), true, nil
+	return n, true, nil
 }
 
 // OldestAge returns the age of the oldest stored message, 0 if there is

@@ -12,7 +12,7 @@ import (
 // (docs/performance.md), so appends only store messages and the Indexer
 // adds their tsvectors shortly after, in batches. Every instance runs one;
 // an advisory lock lets one of them work at a time. While it is behind it
-// works a quarter of the time: under a sustained load the index lags (a
+// works an eighth of the time: under a sustained load the index lags (a
 // message is found once it is indexed) rather than slowing appends.
 //
 // Set the fields before calling Run and do not change them after.
@@ -44,10 +44,10 @@ func (ix *Indexer) Run(ctx context.Context) {
 		}
 		pause := interval
 		if more && err == nil {
-			// Behind: carry on, but leave the database three quarters of
+			// Behind: carry on, but leave the database seven eighths of
 			// the time, so that a backlog (a burst, or an upgrade's
 			// backfill) slows ingest by little and is caught up later.
-			pause = 3 * time.Since(start)
+			pause = 7 * time.Since(start)
 		}
 		select {
 		case <-ctx.Done():
@@ -61,10 +61,12 @@ func (ix *Indexer) Run(ctx context.Context) {
 // rooms, in one transaction, unless another instance is doing it. It
 // returns how many messages it indexed and whether there is more to do.
 //
-// The messages are read FOR SHARE: an edit or delete of one of them (which
-// updates message_search itself, events.go) waits for this transaction or
-// this one waits for it and reads the new text, so the index never keeps
-// text that was edited away or deleted.
+// Edits, deletes and retention change message_search themselves; they take
+// the lock searchStepLock shared, and a step takes it exclusively before it
+// reads the messages: a step sees every change committed before it, and a
+// change waits for the step, so the index never keeps text that was edited
+// away or deleted. (Row locks would do too, but they write WAL for every
+// message indexed.)
 func (db *DB) IndexSearch(ctx context.Context, perRoom, rooms int) (indexed int64, more bool, err error) {
 	tx, err := db.pool.Begin(ctx)
 	if err != nil {
@@ -77,6 +79,9 @@ func (db *DB) IndexSearch(ctx context.Context, perRoom, rooms int) (indexed int6
 	}
 	if !mine {
 		return 0, false, nil
+	}
+	if _, err := tx.Exec(ctx, `select pg_advisory_xact_lock(`+searchStepLock+`)`); err != nil {
+		return 0, false, fmt.Errorf("index search: lock: %w", err)
 	}
 	var busy int64
 	err = tx.QueryRow(ctx, `
@@ -93,7 +98,6 @@ func (db *DB) IndexSearch(ctx context.Context, perRoom, rooms int) (indexed int6
 			from todo
 			join messages m on m.room = todo.name and m.seq > todo.done and m.seq <= todo.upto
 			where m.kind is null and m.deleted_at is null
-			for share of m
 			on conflict do nothing
 			returning 1
 		), prog as (
@@ -111,6 +115,10 @@ func (db *DB) IndexSearch(ctx context.Context, perRoom, rooms int) (indexed int6
 	}
 	return indexed, busy > 0, nil
 }
+
+// searchStepLock is the advisory lock between an indexing step and the
+// changes to message_search made elsewhere.
+const searchStepLock = `hashtext('pgchat search step')`
 
 func cmpInt(v, def int) int {
 	if v <= 0 {
