@@ -179,6 +179,7 @@ func formatMessage(m client.Message) string {
 	if strings.ContainsFunc(body, func(r rune) bool { return r < ' ' || r == 0x7f }) {
 		body = strconv.Quote(body) // keep one message on one line
 	}
+	body = describeEvent(m, body) // cmd_events.go
 	return fmt.Sprintf("%s #%d %s %s@%s: %s", m.Room, m.Seq, m.Time.UTC().Format("2006-01-02T15:04:05.000Z"), m.Author, m.Instance, body)
 }
 
@@ -188,8 +189,11 @@ func runSend(ctx context.Context, args, _ []string, stdout, stderr io.Writer) er
 	var f clientFlags
 	f.register(fs)
 	timeout := fs.Duration("timeout", 30*time.Second, "give up when the message is not acked within this time")
+	var act eventFlags
+	act.register(fs)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: pgchat send [-url ws://localhost:8080] [-room general] [-name NAME] MESSAGE...
+       pgchat send [-edit SEQ | -delete SEQ | -react SEQ | -unreact SEQ] [TEXT | EMOJI]
 
 Sends one message (the arguments, joined by spaces) and waits for its ack,
 reconnecting and resending with the same ref if needed, so it is stored
@@ -206,7 +210,10 @@ an error or after -timeout.
 		return err
 	}
 	body := strings.Join(fs.Args(), " ")
-	if strings.TrimSpace(body) == "" {
+	if err := act.check(body); err != nil {
+		return err
+	}
+	if strings.TrimSpace(body) == "" && act.kind() != "delete" {
 		return errors.New("send: no message: pgchat send -room general \"hello\"")
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
@@ -219,7 +226,7 @@ an error or after -timeout.
 	go warnIfNoAnswer(ctx, stderr, "send", f.url, connected, &last)
 	runErr := make(chan error, 1)
 	go func() { runErr <- c.Run(ctx) }()
-	seq, err := c.Send(ctx, f.room, body)
+	seq, err := act.do(ctx, c, f.room, body)
 	cancel()
 	if rerr := <-runErr; err == nil {
 		err = rerr

@@ -56,6 +56,11 @@ type Config struct {
 	MaxFrameBytes    int           `env:"MAX_FRAME_BYTES" envDefault:"0" help:"largest WebSocket frame read; larger ones close the connection (1009); 0: 6 × MAX_MESSAGE_BYTES + 1024"`
 	HandshakeTimeout time.Duration `env:"HANDSHAKE_TIMEOUT" envDefault:"10s" help:"limit for reading a request's headers, the WebSocket upgrade included"`
 
+	SearchConfig         string        `env:"SEARCH_CONFIG" envDefault:"simple" help:"PostgreSQL text search configuration for /api/search (simple: language-neutral; english, french, ...: stemming); not simple needs its own index (README)"`
+	RetentionMaxAge      time.Duration `env:"RETENTION_MAX_AGE" envDefault:"0s" help:"delete messages older than this (720h: 30 days); 0: keep them; rooms.retention_max_age overrides it per room"`
+	RetentionMaxMessages int64         `env:"RETENTION_MAX_MESSAGES" envDefault:"0" help:"keep at most this many of the newest seqs per room; 0: no limit; rooms.retention_max_messages overrides it per room"`
+	RetentionInterval    time.Duration `env:"RETENTION_INTERVAL" envDefault:"1m" help:"how often one instance (advisory lock) applies retention"`
+
 	AllowedOrigins []string   `env:"ALLOWED_ORIGINS" envSeparator:"," help:"extra browser origins (host patterns like chat.example.com or *.example.com) allowed to open /ws; the page's own host is always allowed"`
 	LogLevel       slog.Level `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat      string     `env:"LOG_FORMAT" envDefault:"text" help:"text or json"`
@@ -118,6 +123,10 @@ func (cfg Config) validate() error {
 		{proxiesErr == nil, "TRUSTED_PROXIES", "IP addresses, CIDR prefixes or private, separated by commas; or none"},
 		{cfg.MaxFrameBytes == 0 || cfg.MaxFrameBytes >= cfg.MaxMessageBytes+1024, "MAX_FRAME_BYTES", "0 or at least MAX_MESSAGE_BYTES + 1024"},
 		{cfg.HandshakeTimeout > 0, "HANDSHAKE_TIMEOUT", "a positive duration like 10s"},
+		{cfg.SearchConfig != "", "SEARCH_CONFIG", "a text search configuration such as simple or english"},
+		{cfg.RetentionMaxAge >= 0, "RETENTION_MAX_AGE", "0 (keep) or a duration like 720h"},
+		{cfg.RetentionMaxMessages >= 0, "RETENTION_MAX_MESSAGES", "0 (no limit) or more"},
+		{cfg.RetentionInterval > 0, "RETENTION_INTERVAL", "a positive duration like 1m"},
 	}
 	for _, c := range checks {
 		if !c.ok {

@@ -255,6 +255,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	}
 	defer db.Close() // last
 	log.Info("database pool", "read_conns", cfg.DBPoolSize, "query_mode", db.QueryExecMode().String(), "pooler", cfg.pooled)
+	if err := checkSearchConfig(ctx, db, cfg, log); err != nil { // search.go
+		return err
+	}
 
 	m := newMetrics()
 	var listener *store.Listener
@@ -326,6 +329,11 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	loops.Go(func() { listener.Listen(loopCtx) })
 	loops.Go(func() { hub.Run(loopCtx) })
 	loops.Go(func() { queue.run(loopCtx, db) })
+	indexer := &store.Indexer{DB: db, Log: log}
+	loops.Go(func() { indexer.Run(loopCtx) }) // search.go
+	retention := newRetention(db, cfg, m)
+	retention.Log = log
+	loops.Go(func() { retention.Run(loopCtx) }) // retention.go
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("listening", "addr", ln.Addr().String(), "auth", authMode(cfg))

@@ -29,6 +29,9 @@ type Grant struct {
 	Author  string    // the token's sub: the author of every message sent
 	Rooms   []string  // room names, or prefixes ending in "*" ("team-*"; "*" is every room)
 	Expires time.Time // the token's exp
+	// Moderator is the token's "mod":true claim: the connection may delete
+	// anyone's messages (events.go).
+	Moderator bool
 }
 
 // Allows reports whether g lets a connection into room. A nil g allows
@@ -61,6 +64,7 @@ func ValidRoomPattern(p string) bool {
 // tokenClaims are the claims pgchat reads: sub, exp and rooms.
 type tokenClaims struct {
 	Rooms []string `json:"rooms"`
+	Mod   bool     `json:"mod,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -75,6 +79,7 @@ func NewToken(secret []byte, g Grant, now time.Time) (string, error) {
 	}
 	claims := tokenClaims{
 		Rooms: g.Rooms,
+		Mod:   g.Moderator,
 		RegisteredClaims: jwt.RegisteredClaims{
 			Subject:   g.Author,
 			ExpiresAt: jwt.NewNumericDate(g.Expires),
@@ -116,7 +121,7 @@ func ParseToken(secret []byte, token string, now time.Time) (*Grant, error) {
 	if err != nil {
 		return nil, tokenError(err)
 	}
-	g := &Grant{Author: claims.Subject, Rooms: claims.Rooms, Expires: claims.ExpiresAt.Time}
+	g := &Grant{Author: claims.Subject, Rooms: claims.Rooms, Expires: claims.ExpiresAt.Time, Moderator: claims.Mod}
 	if err := g.validate(); err != nil {
 		return nil, err
 	}

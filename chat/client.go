@@ -197,6 +197,8 @@ func (c *client) handle(ctx context.Context, f Frame) {
 		c.send(encode(leftFrame{TypeLeft, f.Room}))
 	case TypeSend:
 		c.submit(ctx, f)
+	case TypeEdit, TypeDelete, TypeReact, TypeUnreact:
+		c.applyEvent(ctx, f) // events.go
 	}
 }
 

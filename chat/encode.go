@@ -13,6 +13,9 @@ import (
 
 // appendMessage appends the "message" frame for m (EncodeMessage).
 func appendMessage(b []byte, m store.Message) []byte {
+	if m.Kind != "" || m.Deleted || !m.Edited.IsZero() || len(m.Reactions) > 0 {
+		return appendEventMessage(b, m) // events.go
+	}
 	b = append(b, `{"type":"message","room":`...)
 	b = appendString(b, m.Room)
 	b = append(b, `,"seq":`...)

@@ -19,8 +19,11 @@ const (
 	CodeForbidden   Code = "forbidden"    // not allowed in this room
 	CodeUnavailable Code = "unavailable"  // database trouble or shutting down: retry with the same ref
 
-	// CodeNotFound is only used by the HTTP history endpoint.
+	// CodeNotFound: an edit, delete, react or unreact whose target is not a
+	// message of the room; over HTTP, an unknown room.
 	CodeNotFound Code = "not_found"
+	// CodeGone: an edit, delete, react or unreact of a deleted message.
+	CodeGone Code = "gone"
 	// CodeUnauthorized answers a missing, invalid or expired token over
 	// HTTP (401): on the history endpoint and before a WebSocket upgrade.
 	CodeUnauthorized Code = "unauthorized"

@@ -43,6 +43,8 @@ func NewHandler(h *Hub, opts HandlerOptions) http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", s.serveReady)
 	mux.HandleFunc("GET /api/rooms/{room}/messages", s.serveHistory)
+	mux.HandleFunc("GET /api/rooms/{room}/search", s.serveRoomSearch) // search.go
+	mux.HandleFunc("GET /api/search", s.serveSearch)
 	mux.Handle("GET /", http.FileServerFS(webRoot))
 	return mux
 }
@@ -64,14 +66,6 @@ const (
 )
 
 var historyLimits = Limits{MaxConnsPerIP: maxHistoryPerIP}
-
-type historyMessage struct {
-	Seq      int64  `json:"seq"`
-	Author   string `json:"author"`
-	Body     string `json:"body"`
-	Time     string `json:"ts"`
-	Instance string `json:"instance"`
-}
 
 // serveHistory answers GET /api/rooms/{room}/messages?before=SEQ&limit=N
 // with the room's messages before SEQ (default: the newest), oldest first.
@@ -122,32 +116,17 @@ func (s *server) serveHistory(w http.ResponseWriter, r *http.Request) {
 	defer s.hub.history.release()
 	ctx, cancel := context.WithTimeout(r.Context(), s.hub.opts.WriteTimeout)
 	defer cancel()
-	head, msgs, err := s.hub.db.Before(ctx, room, before, limit)
-	if err == nil && head == 0 {
-		// Empty or unknown: only then is it worth asking which.
-		var heads map[string]int64
-		if heads, err = s.hub.db.Heads(ctx, []string{room}); err == nil {
-			if _, ok := heads[room]; !ok {
-				writeJSONError(w, http.StatusNotFound, errorf(CodeNotFound, "no room %s", room))
-				return
-			}
-		}
-	}
+	p, err := s.hub.db.History(ctx, room, before, limit)
 	if err != nil {
 		s.hub.log.Error("history", "room", room, "err", err)
 		writeJSONError(w, http.StatusServiceUnavailable, err)
 		return
 	}
-	page := struct {
-		Room     string           `json:"room"`
-		Head     int64            `json:"head"`
-		Messages []historyMessage `json:"messages"`
-	}{room, head, make([]historyMessage, 0, len(msgs))}
-	for _, m := range msgs {
-		page.Messages = append(page.Messages, historyMessage{m.Seq, m.Author, m.Body, m.Time.UTC().Format(TimeFormat), m.Instance})
+	if !p.Exists {
+		writeJSONError(w, http.StatusNotFound, errorf(CodeNotFound, "no room %s", room))
+		return
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Write(encode(page))
+	writeHistory(w, room, p) // history.go
 }
 
 func writeJSONError(w http.ResponseWriter, status int, err error) {

@@ -428,16 +428,18 @@ func (h *Hub) joinFrom(ctx context.Context, c *client, name string, since int64,
 		after, limit = since, h.opts.ReplayLimit
 	}
 	qctx, cancel := context.WithTimeout(ctx, h.opts.WriteTimeout)
-	head, msgs, err := h.db.Recent(qctx, name, after, limit)
+	head, msgs, err := h.replay(qctx, name, after, limit, hasSince)
 	cancel()
 	if err != nil {
 		return fail(err)
 	}
-	recovered := wasRecovered && (!hasSince || head-since <= int64(limit))
+	// Not recovered: more to replay than the limit, or retention deleted
+	// some of it (events.go).
+	recovered := wasRecovered && (!hasSince || head-since <= int64(limit) && replayedFrom(msgs, since, head))
 	if hasSince && since > head { // the client knows more than the table: start over
 		recovered = false
 		qctx, cancel := context.WithTimeout(ctx, h.opts.WriteTimeout)
-		head, msgs, err = h.db.Recent(qctx, name, 0, h.opts.HistoryLimit)
+		head, msgs, err = h.replay(qctx, name, 0, h.opts.HistoryLimit, false)
 		cancel()
 		if err != nil {
 			return fail(err)

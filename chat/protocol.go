@@ -18,6 +18,11 @@ const (
 	TypeJoin  = "join"
 	TypeLeave = "leave"
 	TypeSend  = "send"
+	// Events about a message (events.go).
+	TypeEdit    = "edit"
+	TypeDelete  = "delete"
+	TypeReact   = "react"
+	TypeUnreact = "unreact"
 	// Server to client.
 	TypeWelcome = "welcome"
 	TypeMessage = "message"
@@ -42,14 +47,18 @@ type Frame struct {
 	HasSince bool // Since was given
 	Body     string
 	Ref      string
+	Target   int64  // edit, delete, react, unreact: the seq of the message
+	Emoji    string // react, unreact
 }
 
 type rawFrame struct {
-	Type  string  `json:"type"`
-	Room  string  `json:"room"`
-	Since *int64  `json:"since"`
-	Body  *string `json:"body"`
-	Ref   string  `json:"ref"`
+	Type   string  `json:"type"`
+	Room   string  `json:"room"`
+	Since  *int64  `json:"since"`
+	Body   *string `json:"body"`
+	Ref    string  `json:"ref"`
+	Target int64   `json:"target"`
+	Emoji  string  `json:"emoji"`
 }
 
 // DecodeFrame parses and validates one client frame. Bodies longer than
@@ -71,7 +80,7 @@ func DecodeFrame(data []byte, maxBody int) (Frame, error) {
 		}
 		return f, errorf(CodeBadRequest, "frame is not a JSON object")
 	}
-	f := Frame{Type: raw.Type, Room: raw.Room, Ref: raw.Ref}
+	f := Frame{Type: raw.Type, Room: raw.Room, Ref: raw.Ref, Target: raw.Target, Emoji: raw.Emoji}
 	if raw.Since != nil {
 		f.Since, f.HasSince = *raw.Since, true
 	}
@@ -83,7 +92,7 @@ func DecodeFrame(data []byte, maxBody int) (Frame, error) {
 		return f, errorf(CodeBadRequest, "ref must be 1 to %d printable ASCII characters", MaxRefLen)
 	}
 	switch f.Type {
-	case TypeJoin, TypeLeave, TypeSend:
+	case TypeJoin, TypeLeave, TypeSend, TypeEdit, TypeDelete, TypeReact, TypeUnreact:
 	case "":
 		return f, errorf(CodeBadRequest, "frame has no type")
 	default:
@@ -96,6 +105,10 @@ func DecodeFrame(data []byte, maxBody int) (Frame, error) {
 	case TypeJoin:
 		if f.HasSince && f.Since < 0 {
 			return f, errorf(CodeBadRequest, "since must not be negative")
+		}
+	case TypeEdit, TypeDelete, TypeReact, TypeUnreact:
+		if err := validateEvent(f, raw.Body != nil, maxBody); err != nil {
+			return f, err
 		}
 	case TypeSend:
 		if raw.Body == nil || strings.TrimSpace(f.Body) == "" {

@@ -26,6 +26,19 @@ type Message struct {
 	Body     string
 	Time     time.Time // when the database stored it
 	Instance string    // the instance that accepted it
+
+	// An event about message Target (events.go): Kind is "edit" (Body is
+	// the new text), "delete", "react" or "unreact" (with Emoji). Empty
+	// on a plain message.
+	Kind   string
+	Target int64
+	Emoji  string
+	// A plain message's state when it was replayed: edited (when), deleted
+	// (Body empty), and its reactions counted by emoji, as the JSON object
+	// of the frame ({"👍":3}; empty if none).
+	Edited    time.Time
+	Deleted   bool
+	Reactions string
 }
 
 // Options configures a Client. Zero values pick the defaults in
@@ -91,12 +104,14 @@ type roomState struct {
 	last    int64 // seq of the last message handed on
 	started bool  // last is meaningful: join with since
 	live    bool  // joined on the current connection
+	states  bool  // joined without since: the replay is messages' states, with gaps (events)
 }
 
 type pendingSend struct {
 	room, body, ref string
-	sentGen         int // connection it was last written on; 0: not yet
-	attempts        int // answers asking to retry so far
+	event           *eventFrame // an edit, delete, react or unreact instead of a send (events.go)
+	sentGen         int         // connection it was last written on; 0: not yet
+	attempts        int         // answers asking to retry so far
 	done            chan struct{}
 	seq             int64
 	err             error
@@ -227,6 +242,13 @@ func (c *Client) Send(ctx context.Context, room, body string) (seq int64, err er
 	p := &pendingSend{room: room, body: body, ref: c.prefix + "-" + strconv.Itoa(c.nextRef), done: make(chan struct{})}
 	c.pending[p.ref] = p
 	c.order = append(c.order, p)
+	c.mu.Unlock()
+	return c.wait(ctx, p)
+}
+
+// wait sends p, queued, at once if connected, and waits for its answer.
+func (c *Client) wait(ctx context.Context, p *pendingSend) (seq int64, err error) {
+	c.mu.Lock()
 	conn, gen := c.conn, c.gen
 	c.mu.Unlock()
 	if conn != nil {

@@ -48,6 +48,7 @@ func (c *Client) session(ctx context.Context) (welcomed bool, err error) {
 		if st.started {
 			j.Since = &st.last
 		}
+		st.states = !st.started
 		joins = append(joins, j)
 	}
 	c.conn = conn
@@ -164,7 +165,7 @@ func (c *Client) handle(ctx context.Context, conn *websocket.Conn, gen int, f fr
 			c.mu.Unlock()
 			return nil // not ours, or held already
 		}
-		if st.started && f.Seq != st.last+1 {
+		if st.started && f.Seq != st.last+1 && !st.states {
 			if st.live {
 				c.mu.Unlock()
 				c.log.Warn("gap in live messages", "room", f.Room, "have", st.last, "got", f.Seq)
@@ -178,7 +179,7 @@ func (c *Client) handle(ctx context.Context, conn *websocket.Conn, gen int, f fr
 		c.mu.Unlock()
 		if c.opts.OnMessage != nil {
 			ts, _ := time.Parse(time.RFC3339Nano, f.Ts)
-			c.opts.OnMessage(Message{Room: f.Room, Seq: f.Seq, Author: f.Author, Body: f.Body, Time: ts, Instance: f.Instance})
+			c.opts.OnMessage(f.message(ts)) // events.go
 		}
 		// Only this goroutine moves last, so it may move after the
 		// callback: Last never reports a message OnMessage has not seen.
@@ -197,6 +198,9 @@ func (c *Client) handle(ctx context.Context, conn *websocket.Conn, gen int, f fr
 			// reset): follow it, or every new message would look old.
 			c.log.Warn("server is behind this client: following it", "room", f.Room, "have", st.last, "head", f.Seq)
 			st.last = f.Seq
+		}
+		if st.states { // the states replayed are as of the head
+			st.last, st.states = max(st.last, f.Seq), false
 		}
 		switch {
 		case !st.started:
@@ -281,11 +285,15 @@ func (c *Client) flush(ctx context.Context, conn *websocket.Conn, gen int) error
 		c.mu.Unlock()
 		return nil
 	}
-	var out []sendFrame
+	var out []any
 	for _, p := range c.order {
 		if p.sentGen != gen && c.rooms[p.room].live {
 			p.sentGen = gen
-			out = append(out, sendFrame{Type: "send", Room: p.room, Body: p.body, Ref: p.ref})
+			if p.event != nil {
+				out = append(out, p.event)
+			} else {
+				out = append(out, sendFrame{Type: "send", Room: p.room, Body: p.body, Ref: p.ref})
+			}
 		}
 	}
 	c.mu.Unlock()
@@ -310,6 +318,13 @@ type frame struct {
 	Ref       string `json:"ref"`
 	Code      string `json:"code"`
 	Message   string `json:"message"`
+	// Events and message states (events.go).
+	Kind      string          `json:"kind"`
+	Target    int64           `json:"target"`
+	Emoji     string          `json:"emoji"`
+	Edited    string          `json:"edited"`
+	Deleted   bool            `json:"deleted"`
+	Reactions json.RawMessage `json:"reactions"`
 }
 
 type joinFrame struct {

@@ -27,6 +27,10 @@ type notifiedMessage struct {
 	Time     time.Time `json:"ts,omitzero"`
 	Instance string    `json:"instance,omitempty"`
 	Stub     bool      `json:"stub,omitempty"` // content left out: read it from the table
+	// Events (events.go). Instances from before them ignore these fields.
+	Kind   string `json:"kind,omitempty"`
+	Target int64  `json:"target,omitempty"`
+	Emoji  string `json:"emoji,omitempty"`
 }
 
 // EncodeNotifications packs msgs, sorted by room then seq, into as few
@@ -46,7 +50,8 @@ func EncodeNotifications(msgs []Message) []string {
 		buf, entries = buf[:0], 0
 	}
 	for _, m := range msgs {
-		entry, _ := json.Marshal(notifiedMessage{Seq: m.Seq, Author: m.Author, Body: m.Body, Time: m.Time, Instance: m.Instance})
+		entry, _ := json.Marshal(notifiedMessage{Seq: m.Seq, Author: m.Author, Body: m.Body, Time: m.Time, Instance: m.Instance,
+			Kind: m.Kind, Target: m.Target, Emoji: m.Emoji})
 		head := len(m.Room)*6 + 32 // {"room":"...","msgs":[ with worst-case escaping
 		if head+len(entry)+2 > maxPayload {
 			entry, _ = json.Marshal(notifiedMessage{Seq: m.Seq, Stub: true})
@@ -87,7 +92,8 @@ func DecodeNotification(payload string) (Notification, error) {
 	for _, e := range p.Msgs {
 		n.Last = max(n.Last, e.Seq)
 		if !e.Stub {
-			n.Messages = append(n.Messages, Message{Room: p.Room, Seq: e.Seq, Author: e.Author, Body: e.Body, Time: e.Time, Instance: e.Instance})
+			n.Messages = append(n.Messages, Message{Room: p.Room, Seq: e.Seq, Author: e.Author, Body: e.Body, Time: e.Time, Instance: e.Instance,
+				Kind: e.Kind, Target: e.Target, Emoji: e.Emoji})
 		}
 	}
 	return n, nil

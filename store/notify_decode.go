@@ -38,15 +38,13 @@ func decodeFast(p string) (Notification, bool) {
 			i = j + 1
 			switch key {
 			case "seq":
-				j = i
-				for j < len(p) && p[j] >= '0' && p[j] <= '9' && j-i < 19 {
-					m.Seq = m.Seq*10 + int64(p[j]-'0')
-					j++
-				}
-				if j == i {
-					return Notification{}, false
-				}
-				i = j
+				m.Seq, i, ok = jsonInt(p, i)
+			case "target":
+				m.Target, i, ok = jsonInt(p, i)
+			case "kind":
+				m.Kind, i, ok = jsonString(p, i)
+			case "emoji":
+				m.Emoji, i, ok = jsonString(p, i)
 			case "author":
 				m.Author, i, ok = jsonString(p, i)
 			case "body":
@@ -96,6 +94,21 @@ func decodeFast(p string) (Notification, bool) {
 		return Notification{}, false
 	}
 	return n, true
+}
+
+// jsonInt reads the non-negative integer at p[i] and returns it and the
+// index after it.
+func jsonInt(p string, i int) (int64, int, bool) {
+	var n int64
+	j := i
+	for j < len(p) && p[j] >= '0' && p[j] <= '9' && j-i < 18 {
+		n = n*10 + int64(p[j]-'0')
+		j++
+	}
+	if j == i || j < len(p) && p[j] >= '0' && p[j] <= '9' {
+		return 0, 0, false
+	}
+	return n, j, true
 }
 
 // jsonString reads the JSON string at p[i] and returns it and the index

@@ -21,7 +21,8 @@ func decodeJSON(t *testing.T, payload string) Notification {
 	for _, e := range p.Msgs {
 		n.Last = max(n.Last, e.Seq)
 		if !e.Stub {
-			n.Messages = append(n.Messages, Message{Room: p.Room, Seq: e.Seq, Author: e.Author, Body: e.Body, Time: e.Time, Instance: e.Instance})
+			n.Messages = append(n.Messages, Message{Room: p.Room, Seq: e.Seq, Author: e.Author, Body: e.Body, Time: e.Time, Instance: e.Instance,
+				Kind: e.Kind, Target: e.Target, Emoji: e.Emoji})
 		}
 	}
 	return n
@@ -44,8 +45,12 @@ func FuzzDecodeFast(f *testing.F) {
 			if i == 0 && big > 0 {
 				b = fmt.Sprintf("%*s", big, body) // may turn into a stub
 			}
-			msgs = append(msgs, Message{Room: room, Seq: int64(i + 1), Author: author, Body: b,
-				Time: time.Unix(0, nanos).In(time.FixedZone("x", 3600)), Instance: author})
+			m := Message{Room: room, Seq: int64(i + 1), Author: author, Body: b,
+				Time: time.Unix(0, nanos).In(time.FixedZone("x", 3600)), Instance: author}
+			if i%3 == 1 { // every kind of event too
+				m.Kind, m.Target, m.Emoji = []string{KindEdit, KindDelete, KindReact, KindUnreact}[i%4], int64(i), author
+			}
+			msgs = append(msgs, m)
 		}
 		for _, p := range EncodeNotifications(msgs) {
 			want := decodeJSON(t, p)

@@ -23,6 +23,18 @@ type Message struct {
 	Time     time.Time // when the database stored it
 	Instance string    // INSTANCE_ID of the instance that accepted it
 	Ref      string    // the sender's id for the send; empty if none
+
+	// Events (store/events.go): Kind is empty on a plain message.
+	Kind   string // KindEdit, KindDelete, KindReact or KindUnreact
+	Target int64  // the seq of the message an event is about
+	Emoji  string // of a react or unreact
+
+	// A plain message's current state.
+	Edited  time.Time // when it was last edited; zero if never
+	Deleted bool      // deleted: Body is empty
+	// Reactions counts the reactions, as a JSON object in first-reaction
+	// order ({"👍":3,"🎉":1}); only History fills it, empty if none.
+	Reactions string
 }
 
 // NewMessage is a message to append.
@@ -46,6 +58,7 @@ type DB struct {
 	pool     *pgxpool.Pool // reads
 	writer   *pgxpool.Pool // appends and pings (OpenWith); nil: pool
 	instance string
+	search   string // text search configuration (search.go)
 }
 
 // Open returns a DB over a new pool for url; instance tags the messages it
@@ -61,7 +74,7 @@ func Open(ctx context.Context, url, instance string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create pool: %w", err)
 	}
-	return &DB{pool: pool, instance: instance}, nil
+	return &DB{pool: pool, instance: instance, search: DefaultSearchConfig}, nil
 }
 
 // Connect opens a single connection for url, named "pgchat <name>" in
@@ -125,7 +138,7 @@ func (db *DB) Ping(ctx context.Context) error {
 // Since returns up to limit messages of room with seq > after, oldest first.
 func (db *DB) Since(ctx context.Context, room string, after int64, limit int) ([]Message, error) {
 	rows, err := db.pool.Query(ctx, `
-		select room, seq, author, body, created_at, instance, coalesce(ref, '')
+		select `+streamColumns+`
 		from messages
 		where room = $1 and seq > $2
 		order by seq
@@ -133,7 +146,7 @@ func (db *DB) Since(ctx context.Context, room string, after int64, limit int) ([
 	if err != nil {
 		return nil, fmt.Errorf("messages of %q since %d: %w", room, after, err)
 	}
-	msgs, err := pgx.CollectRows(rows, scanMessage)
+	msgs, err := pgx.CollectRows(rows, scanStreamed)
 	if err != nil {
 		return nil, fmt.Errorf("messages of %q since %d: %w", room, after, err)
 	}
@@ -146,7 +159,8 @@ func (db *DB) Since(ctx context.Context, room string, after int64, limit int) ([
 // messages end at head when there are any.
 func (db *DB) Recent(ctx context.Context, room string, after int64, limit int) (head int64, msgs []Message, err error) {
 	rows, err := db.pool.Query(ctx, `
-		select r.last_seq, m.room, m.seq, m.author, m.body, m.created_at, m.instance, coalesce(m.ref, '')
+		select r.last_seq, m.room, m.seq, m.author, m.body, m.created_at, m.instance, coalesce(m.ref, ''),
+			`+eventColumns("m")+`
 		from rooms r
 		left join lateral (
 			select * from messages
@@ -166,12 +180,15 @@ func (db *DB) Recent(ctx context.Context, room string, after int64, limit int) (
 			mroom, author, body, instance *string
 			ts                            *time.Time
 			ref                           string
+			es                            eventScan
 		)
-		if err := rows.Scan(&head, &mroom, &seq, &author, &body, &ts, &instance, &ref); err != nil {
+		if err := rows.Scan(append([]any{&head, &mroom, &seq, &author, &body, &ts, &instance, &ref}, es.fields()...)...); err != nil {
 			return 0, nil, fmt.Errorf("recent messages of %q: %w", room, err)
 		}
 		if seq != nil {
-			msgs = append(msgs, Message{Room: *mroom, Seq: *seq, Author: *author, Body: *body, Time: *ts, Instance: *instance, Ref: ref})
+			m := Message{Room: *mroom, Seq: *seq, Author: *author, Body: *body, Time: *ts, Instance: *instance, Ref: ref}
+			es.apply(&m)
+			msgs = append(msgs, m)
 		}
 	}
 	if err := rows.Err(); err != nil {

@@ -106,6 +106,7 @@
     li.dataset.room = room;
     li.dataset.seq = m.seq;
     li.append(metaEl(m.author, m.ts, m.instance), el('div', 'body', m.body));
+    decorateMsg(li, room, m); // edited, deleted, reactions, actions (History section)
     return li;
   }
 
@@ -306,8 +307,9 @@
     if (msgs.length) {
       const frag = document.createDocumentFragment();
       msgs.forEach((m, i) => {
-        if (m.seq + 1 !== (msgs[i + 1] ? msgs[i + 1].seq : before)) console.error(`pgchat: history gap in ${r.name} at seq ${m.seq}`);
-        r.msgs.set(m.seq, { seq: m.seq, author: m.author, body: m.body, ts: m.ts, instance: m.instance });
+        // Seqs between messages are events (edits, reactions...), already
+        // folded into the messages' state: no gap.
+        r.msgs.set(m.seq, msgState(m));
         frag.append(renderMsg(r.name, m));
       });
       r.list.prepend(frag);
@@ -420,6 +422,7 @@
       case 'ack': return onAck(f);
       case 'error': return onError(f);
       case 'left': return; // rooms are removed locally when the user leaves
+      // message frames with a kind (edit, delete, react, unreact) go through onMessage to applyEvent
       default: console.warn('pgchat: unknown frame', f);
     }
   }
@@ -440,6 +443,7 @@
     // A rejoin asks for exactly what we missed; a first join takes the default replay.
     if (r.msgs.size) f.since = r.high;
     else if (r.everJoined) f.since = r.head;
+    r.stateReplay = f.since === undefined;
     r.joined = false;
     r.replaying = true;
     r.error = '';
@@ -456,7 +460,7 @@
       if (seq <= f.seq) { li.remove(); r.echo.delete(seq); echo = true; }
     }
     if (r.msgs.size && f.seq <= r.high) return; // replay overlap or duplicate
-    if (r.msgs.size && f.seq !== r.high + 1) {
+    if (r.msgs.size && f.seq !== r.high + 1 && !r.stateReplay) { // a join without since replays states, not every seq
       if (r.replaying) {
         // The server replayed only the latest messages (joined will say
         // recovered:false). Start over from here; older ones load on scroll.
@@ -470,8 +474,12 @@
     }
     const cur = r === current;
     const stick = cur && atBottom();
-    r.msgs.set(f.seq, { seq: f.seq, author: f.author, body: f.body, ts: f.ts, instance: f.instance });
-    r.list.append(renderMsg(r.name, f));
+    if (f.kind) {
+      applyEvent(r, f); // History section; events are seqs of the stream, not lines of the log
+    } else {
+      r.msgs.set(f.seq, msgState(f));
+      r.list.append(renderMsg(r.name, f));
+    }
     if (r.msgs.size === 1) { r.low = f.seq; renderTop(r); }
     r.high = f.seq;
     if (r.everJoined && f.author !== author && (!cur || document.hidden)) { r.unread++; renderUnread(r); }
@@ -487,6 +495,8 @@
     r.replaying = false;
     r.everJoined = true;
     r.head = Number.isInteger(f.seq) ? f.seq : r.high;
+    if (r.stateReplay && r.msgs.size) r.high = Math.max(r.high, r.head); // the states shown are as of head
+    r.stateReplay = false;
     if (f.recovered === false && !first) showNotice(`More messages were sent in #${r.name} while you were away than could be replayed. Scroll up to read older ones.`);
     else if (r.skipped) console.error(`pgchat: ${r.name} replay had a gap but recovered was not false`);
     r.skipped = false;
@@ -710,6 +720,209 @@
     $('#name').focus();
   }
 
+  // ---- History: edits, deletes, reactions, search ---------------------------
+
+  // msgState is what the page keeps of a plain message, from a message frame
+  // or the history endpoint: its current text, whether it was edited or
+  // deleted, and its reactions ({emoji: count}; mine: the emoji we added).
+  function msgState(m) {
+    return {
+      seq: m.seq, author: m.author, body: m.deleted ? '' : m.body, ts: m.ts, instance: m.instance,
+      edited: m.edited || '', deleted: !!m.deleted,
+      reactions: m.reactions && typeof m.reactions === 'object' ? { ...m.reactions } : {}, mine: new Set(),
+    };
+  }
+
+  const QUICK_REACTION = '👍';
+
+  // decorateMsg adds to a message's line what its state says: "(edited)",
+  // the deleted placeholder, the reaction counts and, for a message still
+  // there, buttons to react and (our own) to edit and delete.
+  function decorateMsg(li, room, m) {
+    const r = rooms.get(room);
+    const s = (r && r.msgs.get(m.seq)) || msgState(m);
+    const body = li.querySelector('.body');
+    if (s.deleted) {
+      li.classList.add('deleted');
+      body.textContent = 'This message was deleted.';
+      return;
+    }
+    body.textContent = s.body;
+    if (s.edited) {
+      const e = el('span', 'edited', ' (edited)');
+      const d = parseTS(s.edited);
+      if (d) e.title = 'Edited ' + d.toLocaleString();
+      li.querySelector('.meta').append(e);
+    }
+    const bar = el('div', 'reactions');
+    for (const [emoji, n] of Object.entries(s.reactions)) {
+      if (n <= 0) continue;
+      const b = button('reaction' + (s.mine.has(emoji) ? ' mine' : ''), `${emoji} ${n}`, () => toggleReaction(room, s.seq, emoji));
+      b.setAttribute('aria-pressed', String(s.mine.has(emoji)));
+      b.setAttribute('aria-label', `${emoji} ${n}: ${s.mine.has(emoji) ? 'remove your reaction' : 'react'}`);
+      bar.append(b);
+    }
+    const actions = el('div', 'actions');
+    if (!(QUICK_REACTION in s.reactions) || s.reactions[QUICK_REACTION] <= 0) {
+      actions.append(Object.assign(button('act react', '+' + QUICK_REACTION, () => toggleReaction(room, s.seq, QUICK_REACTION)),
+        { title: 'React with ' + QUICK_REACTION }));
+    }
+    if (s.author === author) {
+      actions.append(button('act edit', 'Edit', () => startEdit(li, room, s.seq)));
+      const del = button('act delete', 'Delete', () => {
+        if (del.dataset.confirm) return sendEvent({ type: 'delete', room, target: s.seq });
+        del.dataset.confirm = '1';
+        del.textContent = 'Delete? Click again';
+        setTimeout(() => { delete del.dataset.confirm; del.textContent = 'Delete'; }, 4000);
+      });
+      actions.append(del);
+    }
+    li.append(bar, actions);
+  }
+
+  // rerender redraws the line of message seq in place.
+  function rerender(r, seq) {
+    const old = r.list.querySelector(`li[data-seq="${seq}"]`);
+    const m = r.msgs.get(seq);
+    if (!old || !m) return;
+    const focused = document.activeElement && old.contains(document.activeElement) ? document.activeElement.className : '';
+    const li = renderMsg(r.name, m);
+    old.replaceWith(li);
+    if (focused) (li.querySelector('.' + focused.split(' ').join('.')) || li.querySelector('button') || box).focus();
+  }
+
+  // applyEvent folds an event of the stream into its target's state.
+  function applyEvent(r, f) {
+    const m = r.msgs.get(f.target);
+    if (!m) return; // about a message we don't hold: its state loads with it
+    switch (f.kind) {
+      case 'edit':
+        if (m.deleted) return;
+        m.body = String(f.body ?? '');
+        m.edited = f.ts;
+        break;
+      case 'delete':
+        m.deleted = true;
+        m.body = '';
+        m.reactions = {};
+        m.mine.clear();
+        break;
+      case 'react':
+        m.reactions[f.emoji] = (m.reactions[f.emoji] || 0) + 1;
+        if (f.author === author) m.mine.add(f.emoji);
+        break;
+      case 'unreact':
+        m.reactions[f.emoji] = Math.max(0, (m.reactions[f.emoji] || 0) - 1);
+        if (!m.reactions[f.emoji]) delete m.reactions[f.emoji];
+        if (f.author === author) m.mine.delete(f.emoji);
+        break;
+      default:
+        return console.warn('pgchat: unknown event', f);
+    }
+    rerender(r, f.target);
+  }
+
+  // sendEvent sends an edit, delete, react or unreact; its ack needs no
+  // action (the event comes back in the stream), its error is shown.
+  function sendEvent(frame) {
+    if (!connected) return showNotice('Not connected: try again when the connection is back.');
+    send({ ...frame, ref: refPrefix + 'e' + ++refCount });
+  }
+
+  function toggleReaction(room, seq, emoji) {
+    const m = rooms.get(room)?.msgs.get(seq);
+    if (!m || m.deleted) return;
+    sendEvent({ type: m.mine.has(emoji) ? 'unreact' : 'react', room, target: seq, emoji });
+  }
+
+  // startEdit turns a message's text into a field: Enter saves, Escape
+  // cancels.
+  function startEdit(li, room, seq) {
+    const m = rooms.get(room)?.msgs.get(seq);
+    if (!m || m.deleted) return;
+    const body = li.querySelector('.body');
+    const field = el('textarea', 'edit-field');
+    field.value = m.body;
+    field.setAttribute('aria-label', 'Edit message');
+    const form = el('form', 'edit-form');
+    const cancel = () => { const r = rooms.get(room); if (r) rerender(r, seq); };
+    form.append(field, Object.assign(el('button', 'save', 'Save'), { type: 'submit' }), button('cancel', 'Cancel', cancel));
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      const text = field.value.replace(/\s+$/, '');
+      if (text.trim() && text !== m.body) sendEvent({ type: 'edit', room, target: seq, body: text });
+      cancel();
+    });
+    field.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); form.requestSubmit(); }
+      if (e.key === 'Escape') { e.preventDefault(); cancel(); }
+    });
+    body.replaceWith(form);
+    li.querySelector('.actions')?.remove();
+    field.focus();
+  }
+
+  // Search: results of GET /api/rooms/{room}/search; a click loads history
+  // back to the message and shows it.
+  function markedText(snippet) {
+    // The server escapes the text and adds only <mark> and </mark>: rebuild
+    // it as text nodes and <mark> elements, never as HTML.
+    const frag = document.createDocumentFragment();
+    const unescape = (t) => t.replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&amp;/g, '&');
+    String(snippet).split(/(<mark>[\s\S]*?<\/mark>)/).forEach((part) => {
+      const m = /^<mark>([\s\S]*)<\/mark>$/.exec(part);
+      frag.append(m ? el('mark', null, unescape(m[1])) : document.createTextNode(unescape(part)));
+    });
+    return frag;
+  }
+
+  async function runSearch(q) {
+    const out = $('#search-results');
+    const r = current;
+    if (!r || !q.trim()) { out.hidden = true; return; }
+    out.hidden = false;
+    out.replaceChildren(el('p', 'search-state', 'Searching…'));
+    try {
+      const res = await fetch(`/api/rooms/${encodeURIComponent(r.name)}/search?q=${encodeURIComponent(q)}&limit=20`,
+        { headers: token ? { Authorization: 'Bearer ' + token } : {} });
+      const data = await res.json().catch(() => ({}));
+      if (!res.ok) throw new Error(data.message || `HTTP ${res.status}`);
+      const hits = Array.isArray(data.results) ? data.results : [];
+      const list = el('ol', 'hits');
+      for (const h of hits) {
+        const b = button('hit', null, () => jumpTo(r, h.seq));
+        b.dataset.seq = h.seq;
+        b.append(el('span', 'author', h.author), ' ', el('span', 'snippet'));
+        b.lastChild.append(markedText(h.snippet));
+        const li = el('li');
+        li.append(b);
+        list.append(li);
+      }
+      out.replaceChildren(el('p', 'search-state', hits.length ? `${hits.length} result${hits.length > 1 ? 's' : ''} in #${r.name}` : `Nothing found in #${r.name}.`),
+        list, button('close-search', 'Close', () => { out.hidden = true; $('#search').focus(); }));
+    } catch (err) {
+      out.replaceChildren(el('p', 'search-state error', 'Search failed: ' + err.message));
+    }
+  }
+
+  async function jumpTo(r, seq) {
+    for (let i = 0; i < 100 && r.low > seq && r.low > 1 && rooms.get(r.name) === r; i++) {
+      const low = r.low;
+      await loadOlder(r, true);
+      if (r.low === low) break; // failed or nothing older
+    }
+    const li = r.list.querySelector(`li[data-seq="${seq}"]`);
+    if (!li) return showNotice('That message is no longer in the history.');
+    li.classList.add('found');
+    li.tabIndex = -1;
+    li.scrollIntoView({ block: 'center' });
+    li.focus();
+    setTimeout(() => li.classList.remove('found'), 3000);
+  }
+
+  $('#search-form').addEventListener('submit', (e) => { e.preventDefault(); runSearch($('#search').value); });
+  $('#search').addEventListener('keydown', (e) => { if (e.key === 'Escape') $('#search-results').hidden = true; });
+
   // ---- Test hook -------------------------------------------------------------
 
   // window.pgchat is for browser tests and debugging; state() returns copies.
@@ -734,6 +947,11 @@
     join(room) { if (ROOM_RE.test(room)) switchTo(addRoom(room)); },
     leave(room) { leaveRoom(rooms.get(room)); },
     drop() { if (sock) drop(sock); }, // simulate a network failure; the page reconnects
+    // The states of a room's messages (History section), for tests.
+    states(room) {
+      const r = rooms.get(room);
+      return r ? [...r.msgs.values()].sort((a, b) => a.seq - b.seq).map((m) => ({ ...m, mine: [...m.mine] })) : [];
+    },
   });
 
   init();
