@@ -114,6 +114,7 @@ func runSend(ctx context.Context, args, _ []string, stdout, stderr io.Writer) er
 	var f clientFlags
 	f.register(fs)
 	timeout := fs.Duration("timeout", 30*time.Second, "give up when the message is not acked within this time")
+	useHTTP := fs.Bool("http", false, "post through the publish API (POST /api/rooms/ROOM/messages) instead of a WebSocket; -name is then required without -token")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: pgchat send [-url ws://localhost:8080] [-room general] [-name NAME] MESSAGE...
 
@@ -137,6 +138,14 @@ an error or after -timeout.
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
+	if *useHTTP {
+		seq, err := publishHTTP(ctx, f, body)
+		if err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+		fmt.Fprintf(stdout, "%s #%d\n", f.room, seq)
+		return nil
+	}
 	c := client.New(client.Options{URL: f.url, Name: f.name, Token: f.token, Rooms: []string{f.room}, Log: f.logger(stderr)})
 	runErr := make(chan error, 1)
 	go func() { runErr <- c.Run(ctx) }()

@@ -188,6 +188,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 		AllowedOrigins: cfg.AllowedOrigins,
 		AuthSecret:     []byte(cfg.AuthSecret),
 		Limits:         limits(cfg),
+		OnAppend:       m.commit,
 		Ready: func(ctx context.Context) error {
 			if !listener.Connected() {
 				return errors.New("listener not connected")

@@ -29,6 +29,9 @@ type Grant struct {
 	Author  string    // the token's sub: the author of every message sent
 	Rooms   []string  // room names, or prefixes ending in "*" ("team-*"; "*" is every room)
 	Expires time.Time // the token's exp
+	// Publisher is the token's "pub" claim: a backend's token, which may
+	// choose the author of what it posts with the publish API.
+	Publisher bool
 }
 
 // Allows reports whether g lets a connection into room. A nil g allows
@@ -58,9 +61,10 @@ func ValidRoomPattern(p string) bool {
 	return ValidRoom(p)
 }
 
-// tokenClaims are the claims pgchat reads: sub, exp and rooms.
+// tokenClaims are the claims pgchat reads: sub, exp, rooms and pub.
 type tokenClaims struct {
 	Rooms []string `json:"rooms"`
+	Pub   bool     `json:"pub,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -75,6 +79,7 @@ func NewToken(secret []byte, g Grant, now time.Time) (string, error) {
 	}
 	claims := tokenClaims{
 		Rooms: g.Rooms,
+		Pub:   g.Publisher,
 		RegisteredClaims: jwt.RegisteredClaims{
 			Subject:   g.Author,
 			ExpiresAt: jwt.NewNumericDate(g.Expires),
@@ -116,7 +121,7 @@ func ParseToken(secret []byte, token string, now time.Time) (*Grant, error) {
 	if err != nil {
 		return nil, tokenError(err)
 	}
-	g := &Grant{Author: claims.Subject, Rooms: claims.Rooms, Expires: claims.ExpiresAt.Time}
+	g := &Grant{Author: claims.Subject, Rooms: claims.Rooms, Expires: claims.ExpiresAt.Time, Publisher: claims.Pub}
 	if err := g.validate(); err != nil {
 		return nil, err
 	}

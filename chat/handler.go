@@ -28,6 +28,9 @@ type HandlerOptions struct {
 	AuthSecret []byte
 	// Limits caps connections and frames (zero value: no caps).
 	Limits Limits
+	// OnAppend, if set, is called after each POST /api/messages
+	// transaction, as BatcherOptions.OnCommit is after the batcher's.
+	OnAppend func(size, fresh int, took time.Duration, err error)
 }
 
 // NewHandler serves protocol v1 on GET /ws, and /healthz and /readyz.
@@ -40,6 +43,9 @@ func NewHandler(h *Hub, opts HandlerOptions) http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", s.serveReady)
 	mux.HandleFunc("GET /api/rooms/{room}/messages", s.serveHistory)
+	mux.HandleFunc("POST /api/rooms/{room}/messages", s.servePublish)
+	mux.HandleFunc("POST /api/messages", s.servePublishBatch)
+	mux.HandleFunc("GET /api/whoami", s.serveWhoami)
 	mux.Handle("GET /", http.FileServerFS(webRoot))
 	return mux
 }
@@ -140,10 +146,11 @@ func writeJSONError(w http.ResponseWriter, status int, err error) {
 }
 
 type server struct {
-	hub    *Hub
-	opts   HandlerOptions
-	nextID atomic.Uint64
-	conns  connCounter // open WebSockets, for Limits
+	hub     *Hub
+	opts    HandlerOptions
+	nextID  atomic.Uint64
+	conns   connCounter  // open WebSockets, for Limits
+	posters posterLimits // publish API rate limits
 }
 
 func (s *server) serveReady(w http.ResponseWriter, r *http.Request) {
