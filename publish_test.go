@@ -118,6 +118,18 @@ func TestPublishDeliveredOnAnotherInstanceOnce(t *testing.T) {
 	}
 	r := postJSON(t, a.URL, "/api/rooms/general/messages", "application/json; charset=utf-8", "", `{"body":"with charset","author":"bot"}`)
 	r.want(t, "charset", http.StatusCreated, "")
+	member.nextOf("message")
+
+	var stdout, stderr strings.Builder
+	if err := run(t.Context(), []string{"send", "-http", "-url", b.URL, "-room", "general", "-name", "cli", "from", "the", "CLI"}, nil, &stdout, &stderr); err != nil {
+		t.Fatalf("pgchat send -http: %v (%s)", err, stderr.String())
+	}
+	if got := stdout.String(); got != "general #4\n" {
+		t.Fatalf("pgchat send -http printed %q", got)
+	}
+	if m := member.nextOf("message"); m.Author != "cli" || m.Body != "from the CLI" {
+		t.Fatalf("member got %+v", m)
+	}
 }
 
 func TestPublishValidation(t *testing.T) {
