@@ -46,6 +46,7 @@ func NewHandler(h *Hub, opts HandlerOptions) http.Handler {
 	mux.HandleFunc("POST /api/rooms/{room}/messages", s.servePublish)
 	mux.HandleFunc("POST /api/messages", s.servePublishBatch)
 	mux.HandleFunc("GET /api/whoami", s.serveWhoami)
+	mux.HandleFunc("GET /pgchat-client.js", serveJSClient)
 	mux.Handle("GET /", http.FileServerFS(webRoot))
 	return mux
 }
