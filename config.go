@@ -10,6 +10,7 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -51,6 +52,15 @@ type Config struct {
 	TrustedProxies   []string      `env:"TRUSTED_PROXIES" envSeparator:"," envDefault:"private" help:"peers (IPs, CIDRs; private: loopback and private networks; none) whose X-Forwarded-For (on Fly: Fly-Client-IP) names the client"`
 	MaxFrameBytes    int           `env:"MAX_FRAME_BYTES" envDefault:"0" help:"largest WebSocket frame read; larger ones close the connection (1009); 0: 6 × MAX_MESSAGE_BYTES + 1024"`
 	HandshakeTimeout time.Duration `env:"HANDSHAKE_TIMEOUT" envDefault:"10s" help:"limit for reading a request's headers, the WebSocket upgrade included"`
+
+	WebhookURL         string        `env:"WEBHOOK_URL" help:"POST every stored message here, at least once, in seq order per room, signed (docs/webhooks.md); unset: no webhooks"`
+	WebhookSecret      string        `env:"WEBHOOK_SECRET" help:"HMAC-SHA256 key of the Pgchat-Signature header (32+ characters); required with WEBHOOK_URL"`
+	WebhookTimeout     time.Duration `env:"WEBHOOK_TIMEOUT" envDefault:"10s" help:"limit for one webhook request"`
+	WebhookMinBackoff  time.Duration `env:"WEBHOOK_MIN_BACKOFF" envDefault:"1s" help:"first retry delay of a failed webhook request; each retry doubles it, with jitter"`
+	WebhookMaxBackoff  time.Duration `env:"WEBHOOK_MAX_BACKOFF" envDefault:"1m" help:"cap of the webhook retry delay"`
+	WebhookDeadAfter   time.Duration `env:"WEBHOOK_DEAD_AFTER" envDefault:"1h" help:"a room whose deliveries keep failing this long is dead-lettered (webhook_cursors.dead) and no longer tried"`
+	WebhookConcurrency int           `env:"WEBHOOK_CONCURRENCY" envDefault:"4" help:"rooms one instance delivers at once (each holds a database connection of its own pool)"`
+	WebhookBatch       int           `env:"WEBHOOK_BATCH" envDefault:"100" help:"most messages of one room per webhook request"`
 
 	AllowedOrigins []string   `env:"ALLOWED_ORIGINS" envSeparator:"," help:"extra browser origins (host patterns like chat.example.com or *.example.com) allowed to open /ws; the page's own host is always allowed"`
 	LogLevel       slog.Level `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
@@ -107,6 +117,10 @@ func (cfg Config) validate() error {
 		{proxiesErr == nil, "TRUSTED_PROXIES", "IP addresses, CIDR prefixes or private, separated by commas; or none"},
 		{cfg.MaxFrameBytes == 0 || cfg.MaxFrameBytes >= cfg.MaxMessageBytes+1024, "MAX_FRAME_BYTES", "0 or at least MAX_MESSAGE_BYTES + 1024"},
 		{cfg.HandshakeTimeout > 0, "HANDSHAKE_TIMEOUT", "a positive duration like 10s"},
+		{cfg.WebhookURL == "" || strings.HasPrefix(cfg.WebhookURL, "http://") || strings.HasPrefix(cfg.WebhookURL, "https://"), "WEBHOOK_URL", "an http:// or https:// URL, or unset"},
+		{cfg.WebhookURL == "" || len(cfg.WebhookSecret) >= 32, "WEBHOOK_SECRET", "at least 32 characters (openssl rand -base64 32) when WEBHOOK_URL is set"},
+		{cfg.WebhookTimeout > 0 && cfg.WebhookMinBackoff > 0 && cfg.WebhookMaxBackoff >= cfg.WebhookMinBackoff && cfg.WebhookDeadAfter > 0, "WEBHOOK_TIMEOUT, WEBHOOK_MIN_BACKOFF, WEBHOOK_MAX_BACKOFF and WEBHOOK_DEAD_AFTER", "positive durations, WEBHOOK_MAX_BACKOFF at least WEBHOOK_MIN_BACKOFF"},
+		{cfg.WebhookConcurrency > 0 && cfg.WebhookBatch > 0, "WEBHOOK_CONCURRENCY and WEBHOOK_BATCH", "positive"},
 	}
 	for _, c := range checks {
 		if !c.ok {

@@ -196,6 +196,11 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 			return db.Ping(ctx)
 		},
 	})
+	hooks, err := newWebhooks(ctx, cfg, log, m)
+	if err != nil {
+		return err
+	}
+	defer hooks.close()
 	srv := &http.Server{Handler: m.handler(handler), ReadHeaderTimeout: cfg.HandshakeTimeout, MaxHeaderBytes: maxHeaderBytes}
 
 	// The background loops outlive ctx: they stop in the shutdown order below.
@@ -206,6 +211,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	batcherDone.Go(func() { batcher.Run(batchCtx) })
 	loops.Go(func() { listener.Listen(loopCtx) })
 	loops.Go(func() { hub.Run(loopCtx) })
+	loops.Go(func() { hooks.run(loopCtx) })
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("listening", "addr", ln.Addr().String(), "auth", authMode(cfg))
