@@ -227,6 +227,7 @@ export class Client {
       // (the page asks GET /api/whoami) whether retrying can help.
       let why;
       try { why = await this._opts.verify(); } catch { why = undefined; }
+      if (this._closed) return;
       if (why) return this._fatal(why, code);
       if (this._closed || this._ws || this._timer) return;
     }
