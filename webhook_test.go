@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -102,7 +103,14 @@ func postBatch(t *testing.T, base string, msgs []string) {
 // signature valid.
 func TestWebhooksFlakyReceiverAndKill9(t *testing.T) {
 	t.Parallel()
-	const rooms, perRoom = 10, 100
+	// PGCHAT_WEBHOOK_FULL=1 runs the issue's full scale instead: 5,000
+	// messages, the receiver down for 20 s.
+	const rooms = 10
+	perRoom, downFor := 100, time.Second
+	if os.Getenv("PGCHAT_WEBHOOK_FULL") == "1" {
+		perRoom, downFor = 500, 20*time.Second
+	}
+	requests := perRoom / 10 // of 100 messages, 10 per room
 	recv, url := newFlakyReceiver(t, 3, rooms*perRoom)
 	db := newDB(t)
 	var procs []*process
@@ -112,17 +120,17 @@ func TestWebhooksFlakyReceiverAndKill9(t *testing.T) {
 			"WEBHOOK_MIN_BACKOFF=5ms", "WEBHOOK_MAX_BACKOFF=100ms", "WEBHOOK_BATCH=20")))
 	}
 	alive := procs
-	for n := range perRoom / 10 { // 10 requests of 100 messages: 10 per room each
+	for n := range requests {
 		var msgs []string
 		for i := range 100 {
 			msgs = append(msgs, fmt.Sprintf(`{"room":"hook-%d","body":"message %d","author":"bot"}`, i%rooms, n*10+i/rooms))
 		}
 		postBatch(t, alive[n%len(alive)].URL, msgs)
 		switch n {
-		case 3:
+		case requests * 3 / 10:
 			recv.down.Store(true)
-			time.AfterFunc(time.Second, func() { recv.down.Store(false) })
-		case 6:
+			time.AfterFunc(downFor, func() { recv.down.Store(false) })
+		case requests * 6 / 10:
 			procs[0].cmd.Process.Kill() // SIGKILL, whatever it was delivering
 			procs[0].cmd.Wait()
 			alive = procs[1:]
@@ -130,7 +138,7 @@ func TestWebhooksFlakyReceiverAndKill9(t *testing.T) {
 	}
 	select {
 	case <-recv.all:
-	case <-time.After(60 * time.Second):
+	case <-time.After(downFor + 60*time.Second):
 	}
 	recv.mu.Lock()
 	defer recv.mu.Unlock()
@@ -142,11 +150,11 @@ func TestWebhooksFlakyReceiverAndKill9(t *testing.T) {
 		t.Fatalf("receiver has %d messages, want %d; per room: %v", recv.distinct, rooms*perRoom, recv.last)
 	}
 	var cursors, dead int
-	if err := queryRow(t, db, `select count(*) filter (where delivered_seq = 100), count(*) filter (where dead) from webhook_cursors`, &cursors, &dead); err != nil {
+	if err := queryRow(t, db, fmt.Sprintf(`select count(*) filter (where delivered_seq = %d), count(*) filter (where dead) from webhook_cursors`, perRoom), &cursors, &dead); err != nil {
 		t.Fatal(err)
 	}
 	if cursors != rooms || dead != 0 {
-		t.Errorf("%d cursors at seq 100, %d dead; want %d and 0", cursors, dead, rooms)
+		t.Errorf("%d cursors at seq %d, %d dead; want %d and 0", cursors, perRoom, dead, rooms)
 	}
 }
 

@@ -292,7 +292,7 @@ import { Client } from './pgchat-client.js';
   // loadOlder fetches the page before the lowest seq held and prepends it
   // without moving what the reader is looking at.
   async function loadOlder(r, force) {
-    if (r.loadingOlder || !r.msgs.size || r.low <= 1) return;
+    if (r.loadingOlder || r.replaying || !r.msgs.size || r.low <= 1) return; // a replay decides where the run starts
     if (!force && Date.now() - r.olderFailedAt < 5000) return; // don't hammer a failing server
     const before = r.low;
     r.loadingOlder = true;
