@@ -100,6 +100,8 @@ test('kill -9 of its instance: nothing lost, duplicated or reordered; every send
   const instances = new Set([victim]);
   sender.on('welcome', (f) => instances.add(f.instance));
 
+  const sentOn = new Map(); // ref -> connections it was written on
+  sender.on('pending', (ev) => { if (ev.state === 'sent') sentOn.set(ev.ref, (sentOn.get(ev.ref) || 0) + 1); });
   const acks = [];
   let next = 0;
   let killed = false;
@@ -120,6 +122,9 @@ test('kill -9 of its instance: nothing lost, duplicated or reordered; every send
   assert.equal(acks.length, total);
   assert.deepEqual([...acks].sort((a, b) => a - b), Array.from({ length: total }, (_, i) => i + 1), 'acked seqs are 1..total, each once');
   assert.ok(instances.size >= 2, `the sender reconnected to another instance (saw ${[...instances]})`);
+  const resent = [...sentOn.values()].filter((n) => n > 1).length;
+  assert.ok(resent > 0, 'some sends in flight at the kill were resent after the reconnect');
+  console.log(`kill -9 of ${victim}: ${resent} sends resent with their ref, instances seen ${[...instances]}`);
 
   const want = Array.from({ length: total }, (_, i) => i + 1);
   for (const [i, c] of [sender, ...watchers].entries()) {
