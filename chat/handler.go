@@ -147,11 +147,12 @@ func writeJSONError(w http.ResponseWriter, status int, err error) {
 }
 
 type server struct {
-	hub     *Hub
-	opts    HandlerOptions
-	nextID  atomic.Uint64
-	conns   connCounter  // open WebSockets, for Limits
-	posters posterLimits // publish API rate limits
+	hub    *Hub
+	opts   HandlerOptions
+	nextID atomic.Uint64
+	conns  connCounter // open WebSockets, for Limits
+
+	posters posterLimits // publish API rate limits, per poster
 }
 
 func (s *server) serveReady(w http.ResponseWriter, r *http.Request) {
