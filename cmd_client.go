@@ -191,6 +191,7 @@ func runSend(ctx context.Context, args, _ []string, stdout, stderr io.Writer) er
 	timeout := fs.Duration("timeout", 30*time.Second, "give up when the message is not acked within this time")
 	var act eventFlags
 	act.register(fs)
+	useHTTP := fs.Bool("http", false, "post through the publish API (POST /api/rooms/ROOM/messages) instead of a WebSocket; -name is then required without -token")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: pgchat send [-url ws://localhost:8080] [-room general] [-name NAME] MESSAGE...
        pgchat send [-edit SEQ | -delete SEQ | -react SEQ | -unreact SEQ] [TEXT | EMOJI]
@@ -218,6 +219,14 @@ an error or after -timeout.
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
+	if *useHTTP {
+		seq, err := publishHTTP(ctx, f, body)
+		if err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+		fmt.Fprintf(stdout, "%s #%d\n", f.room, seq)
+		return nil
+	}
 	var last lastError
 	connected := make(chan struct{})
 	markConnected := sync.OnceFunc(func() { close(connected) })

@@ -21,8 +21,9 @@ func runToken(_ context.Context, args, environ []string, stdout, stderr io.Write
 	rooms := fs.String("rooms", "", `comma-separated rooms or prefix patterns like "team-*"; "*" is every room (required)`)
 	ttl := fs.Duration("ttl", 24*time.Hour, "how long the token is valid")
 	mod := fs.Bool("mod", false, `a moderator's token ("mod":true): may delete anyone's messages`)
+	pub := fs.Bool("pub", false, `add the "pub" claim: a backend's token, which may choose the author on POST /api/.../messages`)
 	fs.Usage = func() {
-		fmt.Fprint(stderr, "Usage: pgchat token -sub NAME -rooms ROOMS [-ttl 24h] [-mod]\n\n"+
+		fmt.Fprint(stderr, "Usage: pgchat token -sub NAME -rooms ROOMS [-ttl 24h] [-mod] [-pub]\n\n"+
 			"Prints an HS256 token signed with AUTH_SECRET (from the environment)\n"+
 			"for /ws?token=... or an Authorization: Bearer header.\n\n")
 		fs.PrintDefaults()
@@ -67,7 +68,7 @@ func runToken(_ context.Context, args, environ []string, stdout, stderr io.Write
 		}
 	}
 	now := time.Now()
-	tok, err := chat.NewToken([]byte(cfg.AuthSecret), chat.Grant{Author: *sub, Rooms: patterns, Expires: now.Add(*ttl), Moderator: *mod}, now)
+	tok, err := chat.NewToken([]byte(cfg.AuthSecret), chat.Grant{Author: *sub, Rooms: patterns, Expires: now.Add(*ttl), Moderator: *mod, Publisher: *pub}, now)
 	if err != nil {
 		return fmt.Errorf("token: %w", err)
 	}

@@ -60,6 +60,14 @@ type Config struct {
 	RetentionMaxAge      time.Duration `env:"RETENTION_MAX_AGE" envDefault:"0s" help:"delete messages older than this (720h: 30 days); 0: keep them; rooms.retention_max_age overrides it per room"`
 	RetentionMaxMessages int64         `env:"RETENTION_MAX_MESSAGES" envDefault:"0" help:"keep at most this many of the newest seqs per room; 0: no limit; rooms.retention_max_messages overrides it per room"`
 	RetentionInterval    time.Duration `env:"RETENTION_INTERVAL" envDefault:"1m" help:"how often one instance (advisory lock) applies retention"`
+	WebhookURL           string        `env:"WEBHOOK_URL" help:"POST every stored message here, at least once, in seq order per room, signed (docs/webhooks.md); unset: no webhooks"`
+	WebhookSecret        string        `env:"WEBHOOK_SECRET" help:"HMAC-SHA256 key of the Pgchat-Signature header (32+ characters); required with WEBHOOK_URL"`
+	WebhookTimeout       time.Duration `env:"WEBHOOK_TIMEOUT" envDefault:"10s" help:"limit for one webhook request"`
+	WebhookMinBackoff    time.Duration `env:"WEBHOOK_MIN_BACKOFF" envDefault:"1s" help:"first retry delay of a failed webhook request; each retry doubles it, with jitter"`
+	WebhookMaxBackoff    time.Duration `env:"WEBHOOK_MAX_BACKOFF" envDefault:"1m" help:"cap of the webhook retry delay"`
+	WebhookDeadAfter     time.Duration `env:"WEBHOOK_DEAD_AFTER" envDefault:"1h" help:"a room whose deliveries keep failing this long is dead-lettered (webhook_cursors.dead) and no longer tried"`
+	WebhookConcurrency   int           `env:"WEBHOOK_CONCURRENCY" envDefault:"4" help:"rooms one instance delivers at once (each holds a database connection of its own pool)"`
+	WebhookBatch         int           `env:"WEBHOOK_BATCH" envDefault:"100" help:"most messages of one room per webhook request"`
 
 	AllowedOrigins []string   `env:"ALLOWED_ORIGINS" envSeparator:"," help:"extra browser origins (host patterns like chat.example.com or *.example.com) allowed to open /ws; the page's own host is always allowed"`
 	LogLevel       slog.Level `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
@@ -127,6 +135,10 @@ func (cfg Config) validate() error {
 		{cfg.RetentionMaxAge >= 0, "RETENTION_MAX_AGE", "0 (keep) or a duration like 720h"},
 		{cfg.RetentionMaxMessages >= 0, "RETENTION_MAX_MESSAGES", "0 (no limit) or more"},
 		{cfg.RetentionInterval > 0, "RETENTION_INTERVAL", "a positive duration like 1m"},
+		{cfg.WebhookURL == "" || strings.HasPrefix(cfg.WebhookURL, "http://") || strings.HasPrefix(cfg.WebhookURL, "https://"), "WEBHOOK_URL", "an http:// or https:// URL, or unset"},
+		{cfg.WebhookURL == "" || len(cfg.WebhookSecret) >= 32, "WEBHOOK_SECRET", "at least 32 characters (openssl rand -base64 32) when WEBHOOK_URL is set"},
+		{cfg.WebhookTimeout > 0 && cfg.WebhookMinBackoff > 0 && cfg.WebhookMaxBackoff >= cfg.WebhookMinBackoff && cfg.WebhookDeadAfter > 0, "WEBHOOK_TIMEOUT, WEBHOOK_MIN_BACKOFF, WEBHOOK_MAX_BACKOFF and WEBHOOK_DEAD_AFTER", "positive durations, WEBHOOK_MAX_BACKOFF at least WEBHOOK_MIN_BACKOFF"},
+		{cfg.WebhookConcurrency > 0 && cfg.WebhookBatch > 0, "WEBHOOK_CONCURRENCY and WEBHOOK_BATCH", "positive"},
 	}
 	for _, c := range checks {
 		if !c.ok {

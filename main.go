@@ -300,6 +300,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 		AllowedOrigins: cfg.AllowedOrigins,
 		AuthSecret:     []byte(cfg.AuthSecret),
 		Limits:         limits(cfg),
+		OnAppend:       m.commit,
 		Ready: func(ctx context.Context) error {
 			if !listener.Connected() {
 				return errors.New("listener not connected")
@@ -307,6 +308,11 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 			return db.Ping(ctx)
 		},
 	})
+	hooks, err := newWebhooks(ctx, cfg, log, m)
+	if err != nil {
+		return err
+	}
+	defer hooks.close()
 	// Plain HTTP (history, metrics, the page) is bounded: a request within
 	// HANDSHAKE_TIMEOUT, its answer within WRITE_TIMEOUT, an idle
 	// keep-alive connection for httpIdleTimeout. WebSockets clear these
@@ -334,6 +340,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	retention := newRetention(db, cfg, m)
 	retention.Log = log
 	loops.Go(func() { retention.Run(loopCtx) }) // retention.go
+	loops.Go(func() { hooks.run(loopCtx) })
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("listening", "addr", ln.Addr().String(), "auth", authMode(cfg))

@@ -32,6 +32,9 @@ type Grant struct {
 	// Moderator is the token's "mod":true claim: the connection may delete
 	// anyone's messages (events.go).
 	Moderator bool
+	// Publisher is the token's "pub" claim: a backend's token, which may
+	// choose the author of what it posts with the publish API.
+	Publisher bool
 }
 
 // Allows reports whether g lets a connection into room. A nil g allows
@@ -61,10 +64,11 @@ func ValidRoomPattern(p string) bool {
 	return ValidRoom(p)
 }
 
-// tokenClaims are the claims pgchat reads: sub, exp and rooms.
+// tokenClaims are the claims pgchat reads: sub, exp, rooms and pub.
 type tokenClaims struct {
 	Rooms []string `json:"rooms"`
 	Mod   bool     `json:"mod,omitempty"`
+	Pub   bool     `json:"pub,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -80,6 +84,7 @@ func NewToken(secret []byte, g Grant, now time.Time) (string, error) {
 	claims := tokenClaims{
 		Rooms: g.Rooms,
 		Mod:   g.Moderator,
+		Pub:   g.Publisher,
 		RegisteredClaims: jwt.RegisteredClaims{
 			Subject:   g.Author,
 			ExpiresAt: jwt.NewNumericDate(g.Expires),
@@ -121,7 +126,7 @@ func ParseToken(secret []byte, token string, now time.Time) (*Grant, error) {
 	if err != nil {
 		return nil, tokenError(err)
 	}
-	g := &Grant{Author: claims.Subject, Rooms: claims.Rooms, Expires: claims.ExpiresAt.Time, Moderator: claims.Mod}
+	g := &Grant{Author: claims.Subject, Rooms: claims.Rooms, Expires: claims.ExpiresAt.Time, Moderator: claims.Mod, Publisher: claims.Pub}
 	if err := g.validate(); err != nil {
 		return nil, err
 	}

@@ -31,6 +31,9 @@ type HandlerOptions struct {
 	AuthSecret []byte
 	// Limits caps connections and frames (zero value: no caps).
 	Limits Limits
+	// OnAppend, if set, is called after each POST /api/messages
+	// transaction, as BatcherOptions.OnCommit is after the batcher's.
+	OnAppend func(size, fresh int, took time.Duration, err error)
 }
 
 // NewHandler serves protocol v1 on GET /ws, and /healthz and /readyz.
@@ -45,6 +48,10 @@ func NewHandler(h *Hub, opts HandlerOptions) http.Handler {
 	mux.HandleFunc("GET /api/rooms/{room}/messages", s.serveHistory)
 	mux.HandleFunc("GET /api/rooms/{room}/search", s.serveRoomSearch) // search.go
 	mux.HandleFunc("GET /api/search", s.serveSearch)
+	mux.HandleFunc("POST /api/rooms/{room}/messages", s.servePublish)
+	mux.HandleFunc("POST /api/messages", s.servePublishBatch)
+	mux.HandleFunc("GET /api/whoami", s.serveWhoami)
+	mux.HandleFunc("GET /pgchat-client.js", serveJSClient)
 	mux.Handle("GET /", http.FileServerFS(webRoot))
 	return mux
 }
@@ -142,8 +149,9 @@ type server struct {
 	hub     *Hub
 	opts    HandlerOptions
 	nextID  atomic.Uint64
-	conns   connCounter // open WebSockets, for Limits
-	history connCounter // history requests being answered, per client address
+	conns   connCounter  // open WebSockets, for Limits
+	history connCounter  // history requests being answered, per client address
+	posters posterLimits // publish API rate limits, per poster
 }
 
 func (s *server) serveReady(w http.ResponseWriter, r *http.Request) {

@@ -1,20 +1,19 @@
-// pgchat browser client for wire protocol v1.
+// pgchat browser page for wire protocol v1.
 //
-// One WebSocket carries every room. Per room the page holds a contiguous run
-// of messages low..high (by seq); on reconnect each room is re-joined with
-// since=high, so the server replays exactly what was missed, and anything with
-// seq <= high is dropped as a duplicate. A send carries a client-chosen ref
-// and stays pending until its ack; after a reconnect it is resent with the
-// same ref, which the server stores once.
+// The connection (reconnect with backoff, per-room resume with since, resend
+// of unacked sends with their ref) is pgchat-client (clients/js), served at
+// /pgchat-client.js; this file renders what it emits. Every server frame
+// reaches onFrame, which dispatches it by type. Per room the page holds a
+// contiguous run of messages low..high (by seq) and loads older ones from
+// the history API.
 //
 // User data reaches the DOM only through textContent / text nodes, never
 // innerHTML: a body like "<img src=x onerror=...>" shows literally.
-'use strict';
+import { Client } from './pgchat-client.js';
+
 (() => {
   const BACKOFF_BASE = 500;      // ms; reconnect delay = random(0, min(cap, base*2^attempt))
   const BACKOFF_CAP = 15000;     // ms
-  const STABLE_AFTER = 10000;    // ms connected before the backoff resets
-  const CONNECT_TIMEOUT = 10000; // ms to get a welcome before giving up on a socket
   const HISTORY_PAGE = 50;
   const MAX_BODY_BYTES = 16384;  // refused locally: far above the server's 4 KiB default, below its 1009 read limit
   const ROOM_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
@@ -41,7 +40,18 @@
   };
 
   const params = new URLSearchParams(location.search);
-  const token = params.get('token') || ''; // passed through unchanged to /ws and history
+  // The token is passed through unchanged to /ws and the APIs. Once read it
+  // leaves the address bar (and so the history, bookmarks, screenshots);
+  // sessionStorage keeps it for a reload of this tab only.
+  const token = params.get('token') || sessionGet('token') || '';
+  if (params.has('token')) {
+    sessionSet('token', token);
+    const u = new URL(location.href);
+    u.searchParams.delete('token');
+    history.replaceState(history.state, '', u.pathname + u.search + u.hash);
+  }
+  function sessionGet(k) { try { return sessionStorage.getItem('pgchat.' + k); } catch { return null; } }
+  function sessionSet(k, v) { try { sessionStorage.setItem('pgchat.' + k, v); } catch { /* ignore */ } }
 
   // Refs must be unique across page loads too (the server dedupes by ref), so
   // they start with a random prefix. crypto.getRandomValues works on plain http.
@@ -52,13 +62,12 @@
   let wantName = '';      // the name we ask for
   let author = '';        // the name the server accepted (welcome)
   let instance = '';      // instance of the current connection
-  let sock = null;        // current WebSocket; events from older sockets are ignored
-  let connected = false;  // welcome received on sock
-  let attempt = 0;        // reconnects since the last stable connection
-  let expired = false;    // close 4001: stop reconnecting
+  let client = null;      // the pgchat-client, made by start
+  let connected = false;  // welcome received on the current connection
+  let expired = false;    // token expired or refused: the client has stopped
   let started = false;
   let persistRooms = true;
-  const timers = { reconnect: 0, countdown: 0, stable: 0, connect: 0, notice: 0 };
+  const timers = { countdown: 0, notice: 0 };
   const rooms = new Map();   // name -> room, in sidebar order
   const pending = new Map(); // ref -> outgoing message not yet acked
   let current = null;        // the room shown
@@ -118,7 +127,7 @@
     const s = $('#status');
     s.dataset.state = state;
     s.textContent = { offline: 'Offline', connecting: 'Connecting…', connected: 'Connected to',
-      reconnecting: `Reconnecting in ${secs}s`, expired: 'Session expired' }[state];
+      reconnecting: `Reconnecting in ${secs}s`, expired: 'Session expired', refused: 'Not signed in' }[state];
     $('#instance').textContent = instance || '—';
     $('#instance').hidden = state !== 'connected';
     $('#reconnect').hidden = state !== 'reconnecting' && state !== 'offline';
@@ -173,7 +182,7 @@
     rooms.set(name, r);
     renderTop(r);
     saveRooms();
-    if (connected) sendJoin(r);
+    if (client) { client.join(name); if (connected) markJoining(r); }
     return r;
   }
 
@@ -208,8 +217,8 @@
 
   function leaveRoom(r) {
     if (!r) return;
-    if (connected) send({ type: 'leave', room: r.name });
-    for (const p of pending.values()) if (p.room === r.name) { clearTimeout(p.timer); pending.delete(p.ref); }
+    for (const p of pending.values()) if (p.room === r.name) pending.delete(p.ref);
+    if (client) client.leave(r.name); // and its unacked sends are dropped
     const names = [...rooms.keys()];
     const i = names.indexOf(r.name);
     r.tab.remove();
@@ -284,7 +293,7 @@
   // loadOlder fetches the page before the lowest seq held and prepends it
   // without moving what the reader is looking at.
   async function loadOlder(r, force) {
-    if (r.loadingOlder || !r.msgs.size || r.low <= 1) return;
+    if (r.loadingOlder || r.replaying || !r.msgs.size || r.low <= 1) return; // a replay decides where the run starts
     if (!force && Date.now() - r.olderFailedAt < 5000) return; // don't hammer a failing server
     const before = r.low;
     r.loadingOlder = true;
@@ -342,79 +351,72 @@
 
   // ---- Connection ----------------------------------------------------------
 
-  const send = (frame) => { if (sock && sock.readyState === WebSocket.OPEN) sock.send(JSON.stringify(frame)); };
+  // send writes a frame of any type (typing, read markers...) if connected.
+  const send = (frame) => !!client && client.sendFrame(frame);
 
+  // connect makes the client, the page's one connection to the server.
   function connect() {
-    clearTimeout(timers.reconnect);
+    client = new Client({
+      url: location.origin, name: wantName || 'guest', token, rooms: [...rooms.keys()],
+      minDelay: BACKOFF_BASE, maxDelay: BACKOFF_CAP,
+      verify: whyRefused,
+    });
+    client.on('frame', onFrame);
+    client.on('state', onState);
+    client.on('pending', onPending);
+    client.on('fatal', onFatal);
+    client.connect();
+  }
+
+  // whyRefused asks the server why a connection attempt failed before its
+  // welcome (a browser can't read the 401 of a refused upgrade): the reason
+  // when the token is missing, invalid or expired, else nothing (retry).
+  async function whyRefused() {
+    const res = await fetch('/api/whoami', { headers: token ? { Authorization: 'Bearer ' + token } : {} });
+    if (res.status !== 401) return '';
+    const data = await res.json().catch(() => ({}));
+    return data.message || 'your token was refused';
+  }
+
+  function onState(ev) {
     clearInterval(timers.countdown);
-    if (expired) return;
-    const q = new URLSearchParams({ name: wantName || 'guest' });
-    if (token) q.set('token', token);
-    const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/ws?${q}`);
-    sock = ws;
-    setStatus('connecting');
-    timers.connect = setTimeout(() => { if (sock === ws && !connected) drop(ws); }, CONNECT_TIMEOUT);
-    ws.onmessage = (e) => { if (sock === ws) onFrame(e.data); };
-    ws.onclose = (e) => { if (sock === ws) onClose(e.code, ws); };
-  }
-
-  // drop forgets ws at once, as if the network failed, then closes it.
-  function drop(ws) {
-    if (sock === ws) onClose(1006, ws);
-    ws.close();
-  }
-
-  function onClose(code, ws) {
-    sock = null;
+    if (ev.state === 'connecting') return setStatus('connecting');
+    if (ev.state !== 'reconnecting') return;
     connected = false;
     instance = '';
-    clearTimeout(timers.stable);
-    clearTimeout(timers.connect);
     for (const r of rooms.values()) { r.joined = false; r.replaying = false; }
-    if (code === 1009) failLargest(ws);
-    for (const p of pending.values()) if (p.state === 'sent') { p.state = 'queued'; renderPending(p); }
-    if (code === 4001) {
-      expired = true;
-      setStatus('expired');
-      enableComposer();
-      showNotice('Your session has expired. Reload the page to sign in again.', true,
-        button('action', 'Reload', () => location.reload()));
-      return;
-    }
-    scheduleReconnect();
-  }
-
-  // failLargest marks the largest message in flight on ws as failed after a
-  // close 1009 (frame too big), so that resending it can't loop forever.
-  function failLargest(ws) {
-    let big = null;
-    for (const p of pending.values()) {
-      if (p.state === 'sent' && p.sock === ws && (!big || p.body.length > big.body.length)) big = p;
-    }
-    if (big) fail(big, 'too_large', 'The message is too large for the server.');
-  }
-
-  function scheduleReconnect() {
-    clearTimeout(timers.reconnect);
-    clearInterval(timers.countdown);
     if (!navigator.onLine) return setStatus('offline'); // the online event reconnects
-    // Full jitter: clients of an instance that went away spread out.
-    const delay = Math.random() * Math.min(BACKOFF_CAP, BACKOFF_BASE * 2 ** Math.min(attempt, 20));
-    attempt++;
-    const at = Date.now() + delay;
+    const at = Date.now() + ev.delay;
     const tick = () => setStatus('reconnecting', Math.max(1, Math.ceil((at - Date.now()) / 1000)));
     tick();
     timers.countdown = setInterval(tick, 500);
-    timers.reconnect = setTimeout(connect, delay);
   }
 
-  addEventListener('online', () => { if (started && !sock && !expired) connect(); });
-  addEventListener('offline', () => { if (started && !sock && !expired) scheduleReconnect(); }); // shows offline
-  $('#reconnect').addEventListener('click', () => { if (!sock) connect(); });
+  // onFatal: the client stopped for good (token expired while connected,
+  // or refused): say why in plain words, and don't retry.
+  function onFatal(ev) {
+    connected = false;
+    expired = true;
+    instance = '';
+    clearInterval(timers.countdown);
+    for (const r of rooms.values()) { r.joined = false; r.replaying = false; }
+    if (ev.code === 4001) {
+      setStatus('expired');
+      showNotice('Your session has expired. Reload the page to sign in again.', true,
+        button('action', 'Reload', () => location.reload()));
+    } else {
+      setStatus('refused');
+      showNotice(`Can't connect: ${ev.reason}. Open the link you were given again, or ask for a new one.`, true);
+    }
+    enableComposer();
+  }
 
-  function onFrame(data) {
-    let f;
-    try { f = JSON.parse(data); } catch { return console.error('pgchat: bad frame', data); }
+  addEventListener('online', () => { if (client && !connected && !expired) client.reconnect(); });
+  addEventListener('offline', () => { if (client && !connected && !expired) setStatus('offline'); });
+  $('#reconnect').addEventListener('click', () => { if (client && !connected) client.reconnect(); });
+
+  // onFrame dispatches every server frame by type.
+  function onFrame(f) {
     switch (f && f.type) {
       case 'welcome': return onWelcome(f);
       case 'message': return onMessage(f);
@@ -429,25 +431,19 @@
 
   function onWelcome(f) {
     connected = true;
-    clearTimeout(timers.connect);
     instance = String(f.instance || '?');
     author = String(f.author || wantName);
     $('#me').textContent = author;
     setStatus('connected');
-    timers.stable = setTimeout(() => { attempt = 0; }, STABLE_AFTER);
-    for (const r of rooms.values()) sendJoin(r);
+    for (const r of rooms.values()) markJoining(r); // the client joins them
   }
 
-  function sendJoin(r) {
-    const f = { type: 'join', room: r.name };
-    // A rejoin asks for exactly what we missed; a first join takes the default replay.
-    if (r.msgs.size) f.since = r.high;
-    else if (r.everJoined) f.since = r.head;
-    r.stateReplay = f.since === undefined;
+  function markJoining(r) {
+    // A first join (no since) replays the messages' states, not every seq.
+    r.stateReplay = !r.msgs.size && !r.everJoined;
     r.joined = false;
     r.replaying = true;
     r.error = '';
-    send(f);
     renderRoomState();
   }
 
@@ -503,15 +499,13 @@
     renderTop(r);
     renderRoomState();
     if (first && r === current) { scrollBottom(); fillViewport(r); }
-    // Sending is allowed only once joined: (re)send what is waiting.
-    for (const p of pending.values()) if (p.room === r.name && p.state !== 'failed') { clearTimeout(p.timer); p.timer = 0; transmit(p); }
+    // The client (re)sends what is waiting now.
   }
 
   function onAck(f) {
     const p = pending.get(f.ref);
     if (!p) return;
     pending.delete(f.ref);
-    clearTimeout(p.timer);
     const r = rooms.get(p.room);
     if (!r || !Number.isInteger(f.seq) || (r.msgs.size && f.seq <= r.high)) {
       p.el.remove(); // its message frame came first and is already shown
@@ -527,28 +521,13 @@
 
   function onError(f) {
     const text = `${f.message || 'Error'} (${f.code || 'error'})`;
-    const p = f.ref ? pending.get(f.ref) : null;
-    if (p) {
-      if (f.code === 'rate_limited' || f.code === 'unavailable') {
-        // Transient: retry with the same ref after a growing, jittered delay.
-        p.tries++;
-        p.state = 'retry';
-        p.error = f.message || f.code;
-        const delay = Math.min(10000, 1000 * 2 ** (p.tries - 1)) * (0.5 + Math.random() / 2);
-        clearTimeout(p.timer);
-        p.timer = setTimeout(() => { p.timer = 0; transmit(p); }, delay);
-        renderPending(p);
-      } else {
-        fail(p, f.code, f.message || f.code);
-      }
-      return;
-    }
+    if (f.ref && pending.has(f.ref)) return; // onPending shows it (the client retries what can be retried)
     const r = f.room ? rooms.get(f.room) : null;
     if (r && r.replaying && !f.ref) { // the join was refused
       r.replaying = false;
       r.error = text;
       renderRoomState();
-      if (f.code === 'unavailable') setTimeout(() => { if (connected && rooms.get(r.name) === r && !r.joined) sendJoin(r); }, 3000);
+      // The client retries a join refused as unavailable by itself.
       return;
     }
     showNotice(f.room ? `#${f.room}: ${text}` : text);
@@ -559,7 +538,7 @@
   function sendBody(body, roomName) {
     const r = rooms.get(roomName);
     if (!r || !body.trim()) return null;
-    const p = { ref: refPrefix + ++refCount, room: r.name, body, state: 'queued', tries: 0, timer: 0, sock: null };
+    const p = { ref: refPrefix + ++refCount, room: r.name, body, state: 'queued' };
     p.el = el('li', 'msg mine pending');
     p.el.dataset.room = r.name;
     p.el.dataset.ref = p.ref;
@@ -567,26 +546,33 @@
     r.outbox.append(p.el);
     pending.set(p.ref, p);
     if (new TextEncoder().encode(body).length > MAX_BODY_BYTES) fail(p, 'too_large', 'The message is too long.');
-    else transmit(p);
+    else submit(p);
     if (r === current) scrollBottom();
     return p.ref;
   }
 
-  // transmit sends p now if its room is joined; otherwise it waits for joined.
-  function transmit(p) {
-    const r = rooms.get(p.room);
-    if (connected && r && r.joined) {
-      send({ type: 'send', room: p.room, body: p.body, ref: p.ref });
-      p.state = 'sent';
-      p.sock = sock;
-    } else {
-      p.state = 'queued';
+  // submit hands p to the client, which sends it once the room is joined
+  // and resends it with the same ref until it is acked.
+  function submit(p) {
+    p.state = 'queued';
+    renderPending(p);
+    client.send(p.room, p.body, { ref: p.ref }).catch(() => { /* onPending shows why */ });
+  }
+
+  // onPending follows the client's progress with a send.
+  function onPending(ev) {
+    const p = pending.get(ev.ref);
+    if (!p || ev.state === 'acked') return; // acked: onAck
+    if (ev.state === 'failed') {
+      if (ev.code === 'not_joined' && !rooms.has(p.room)) return; // left meanwhile
+      return fail(p, ev.code || 'closed', ev.error);
     }
+    p.state = ev.state;
+    p.error = ev.error || '';
     renderPending(p);
   }
 
   function fail(p, code, message) {
-    clearTimeout(p.timer);
     p.state = 'failed';
     p.code = code;
     p.error = message;
@@ -599,7 +585,7 @@
     const s = p.el.querySelector('.status');
     if (p.state === 'failed') {
       s.replaceChildren(el('span', null, `Not sent: ${p.error} `),
-        button('retry', 'Retry', () => { p.tries = 0; transmit(p); }),
+        button('retry', 'Retry', () => submit(p)),
         button('discard', 'Discard', () => { pending.delete(p.ref); p.el.remove(); }));
       return;
     }
@@ -946,7 +932,7 @@
     send(body, room) { return sendBody(String(body), room || (current && current.name)); },
     join(room) { if (ROOM_RE.test(room)) switchTo(addRoom(room)); },
     leave(room) { leaveRoom(rooms.get(room)); },
-    drop() { if (sock) drop(sock); }, // simulate a network failure; the page reconnects
+    drop() { if (client) client.reconnect(); }, // simulate a network failure; the page reconnects
     // The states of a room's messages (History section), for tests.
     states(room) {
       const r = rooms.get(room);
