@@ -175,6 +175,10 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 		SyncInterval:    cfg.SyncInterval,
 		Log:             log,
 		Metrics:         m,
+
+		PresenceInterval:  cfg.PresenceInterval,
+		PresenceTimeout:   cfg.PresenceTimeout,
+		PresenceListLimit: cfg.PresenceListLimit,
 	})
 	listener := &store.Listener{
 		Connect: func(ctx context.Context) (*pgx.Conn, error) {
@@ -184,6 +188,17 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 		OnNotify: hub.Deliver,
 		Log:      log,
 	}
+	// Presence, typing and read receipts have a channel and a listener of
+	// their own (docs/presence.md).
+	presenceListener := &store.Listener{
+		Channel: store.PresenceChannel,
+		Connect: func(ctx context.Context) (*pgx.Conn, error) {
+			return store.Connect(ctx, cfg.ListenDatabaseURL, cfg.InstanceID+" presence")
+		},
+		OnListen: hub.ReloadPresence,
+		OnNotify: hub.DeliverPresence,
+		Log:      log.With("listener", "presence"),
+	}
 	handler := chat.NewHandler(hub, chat.HandlerOptions{
 		AllowedOrigins: cfg.AllowedOrigins,
 		AuthSecret:     []byte(cfg.AuthSecret),
@@ -191,6 +206,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 		Ready: func(ctx context.Context) error {
 			if !listener.Connected() {
 				return errors.New("listener not connected")
+			}
+			if !presenceListener.Connected() {
+				return errors.New("presence listener not connected")
 			}
 			return db.Ping(ctx)
 		},
@@ -204,6 +222,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	var batcherDone, loops sync.WaitGroup
 	batcherDone.Go(func() { batcher.Run(batchCtx) })
 	loops.Go(func() { listener.Listen(loopCtx) })
+	loops.Go(func() { presenceListener.Listen(loopCtx) })
 	loops.Go(func() { hub.Run(loopCtx) })
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

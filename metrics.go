@@ -32,6 +32,8 @@ type metrics struct {
 	slowConsumers      prometheus.Counter
 
 	listens atomic.Int64 // successful LISTENs so far
+
+	presenceMetrics // metrics_presence.go
 }
 
 var _ chat.Metrics = (*metrics)(nil)
@@ -97,6 +99,7 @@ func newMetrics() *metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	m.presenceMetrics = newPresenceMetrics(m.reg)
 	return m
 }
 

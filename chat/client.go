@@ -200,6 +200,10 @@ func (c *client) handle(ctx context.Context, f Frame) {
 		c.send(encode(leftFrame{TypeLeft, f.Room}))
 	case TypeSend:
 		c.submit(ctx, f)
+	case TypeTyping:
+		c.typing(f)
+	case TypeRead:
+		c.markRead(f)
 	}
 }
 

@@ -40,6 +40,8 @@ func NewHandler(h *Hub, opts HandlerOptions) http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", s.serveReady)
 	mux.HandleFunc("GET /api/rooms/{room}/messages", s.serveHistory)
+	mux.HandleFunc("GET /api/rooms/{room}/presence", s.servePresence)
+	mux.HandleFunc("GET /api/rooms/{room}/reads", s.serveReads)
 	mux.Handle("GET /", http.FileServerFS(webRoot))
 	return mux
 }

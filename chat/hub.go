@@ -29,6 +29,11 @@ type Options struct {
 	SyncInterval    time.Duration // how often live rooms are checked against the table (30s)
 	Log             *slog.Logger  // nil: discard
 	Metrics         Metrics       // nil: none
+
+	// Presence (presence.go).
+	PresenceInterval  time.Duration // presence diffs, read receipts and presence writes at most this often (1s)
+	PresenceTimeout   time.Duration // an instance not heard from for this long is dead: its members leave (5s)
+	PresenceListLimit int           // above this many members a room gets counts only (1000)
 }
 
 func (o *Options) setDefaults() {
@@ -81,6 +86,7 @@ type Hub struct {
 	draining atomic.Bool
 	clients  sync.WaitGroup // client handlers
 	poll     *poller        // wakes idle connections (park.go)
+	presence *presence      // presence, typing and read state (presence.go)
 
 	mu        sync.Mutex
 	rooms     map[string]*room
@@ -111,7 +117,7 @@ type member struct {
 // NewHub returns a hub reading from db and appending through b.
 func NewHub(db *store.DB, b *store.Batcher, opts Options) *Hub {
 	opts.setDefaults()
-	return &Hub{
+	h := &Hub{
 		db:        db,
 		batcher:   b,
 		opts:      opts,
@@ -122,6 +128,8 @@ func NewHub(db *store.DB, b *store.Batcher, opts Options) *Hub {
 		wake:      make(chan struct{}, 1),
 		poll:      newPoller(),
 	}
+	h.presence = newPresence(h)
+	return h
 }
 
 // Run catches rooms up from the table when they fall behind, checks live
@@ -132,6 +140,7 @@ func (h *Hub) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { h.poll.run(ctx) })
+	wg.Go(func() { h.presence.run(ctx) })
 	tick := time.NewTicker(h.opts.SyncInterval)
 	defer tick.Stop()
 	ping := time.NewTicker(h.opts.pingSweep())
@@ -410,6 +419,12 @@ func (h *Hub) join(ctx context.Context, c *client, name string, since int64, has
 			return fail(err)
 		}
 	}
+	qctx, cancel = context.WithTimeout(ctx, h.opts.WriteTimeout)
+	read, unread, err := h.presence.readState(qctx, name, c.author, head)
+	cancel()
+	if err != nil {
+		return fail(err)
+	}
 	cursor := head
 	for {
 		for _, m := range msgs {
@@ -432,12 +447,13 @@ func (h *Hub) join(ctx context.Context, c *client, name string, since int64, has
 		}
 		if r.last <= cursor {
 			mem.live, mem.cursor = true, cursor
-			c.send(encode(joinedFrame{TypeJoined, name, cursor, recovered}))
+			c.send(encode(joinedFrame{TypeJoined, name, cursor, recovered, read, unread}))
 			r.drainPending()
 			if r.target > r.last {
 				h.requestFetch(r)
 			}
 			h.mu.Unlock()
+			h.presence.joined(c, name)
 			return nil
 		}
 		h.mu.Unlock()
@@ -467,6 +483,7 @@ func (h *Hub) leave(c *client, name string) bool {
 		return false
 	}
 	delete(r.members, c)
+	h.presence.left(c, name) // takes only the presence lock
 	h.opts.Metrics.Memberships(-1)
 	if len(r.members) == 0 {
 		delete(h.rooms, name)

@@ -18,6 +18,9 @@ const (
 	TypeJoin  = "join"
 	TypeLeave = "leave"
 	TypeSend  = "send"
+	// Both ways (docs/protocol.md, "Presence, typing and read state").
+	TypeTyping = "typing"
+	TypeRead   = "read"
 	// Server to client.
 	TypeWelcome = "welcome"
 	TypeMessage = "message"
@@ -25,6 +28,9 @@ const (
 	TypeLeft    = "left"
 	TypeAck     = "ack"
 	TypeError   = "error"
+	// Presence, server to client.
+	TypePresence     = "presence"
+	TypePresenceDiff = "presence_diff"
 )
 
 // Limits of protocol v1.
@@ -42,6 +48,7 @@ type Frame struct {
 	HasSince bool // Since was given
 	Body     string
 	Ref      string
+	Seq      int64 // read: the seq read up to
 }
 
 type rawFrame struct {
@@ -50,6 +57,7 @@ type rawFrame struct {
 	Since *int64  `json:"since"`
 	Body  *string `json:"body"`
 	Ref   string  `json:"ref"`
+	Seq   *int64  `json:"seq"`
 }
 
 // DecodeFrame parses and validates one client frame. Bodies longer than
@@ -78,12 +86,15 @@ func DecodeFrame(data []byte, maxBody int) (Frame, error) {
 	if raw.Body != nil {
 		f.Body = *raw.Body
 	}
+	if raw.Seq != nil && f.Type == TypeRead {
+		f.Seq = *raw.Seq
+	}
 	if !validRef(f.Ref) {
 		f.Ref = ""
 		return f, errorf(CodeBadRequest, "ref must be 1 to %d printable ASCII characters", MaxRefLen)
 	}
 	switch f.Type {
-	case TypeJoin, TypeLeave, TypeSend:
+	case TypeJoin, TypeLeave, TypeSend, TypeTyping, TypeRead:
 	case "":
 		return f, errorf(CodeBadRequest, "frame has no type")
 	default:
@@ -96,6 +107,10 @@ func DecodeFrame(data []byte, maxBody int) (Frame, error) {
 	case TypeJoin:
 		if f.HasSince && f.Since < 0 {
 			return f, errorf(CodeBadRequest, "since must not be negative")
+		}
+	case TypeRead:
+		if raw.Seq == nil || *raw.Seq < 0 {
+			return f, errorf(CodeBadRequest, "seq must be a whole number, 0 or more")
 		}
 	case TypeSend:
 		if raw.Body == nil || strings.TrimSpace(f.Body) == "" {
@@ -186,6 +201,8 @@ type joinedFrame struct {
 	Room      string `json:"room"`
 	Seq       int64  `json:"seq"`
 	Recovered bool   `json:"recovered"`
+	Read      int64  `json:"read"`   // the author's read cursor
+	Unread    int64  `json:"unread"` // others' messages after it, up to maxUnread
 }
 
 type leftFrame struct {

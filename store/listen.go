@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -31,6 +32,8 @@ type Listener struct {
 	OnNotify func(payload string)
 	// Log gets connection lifecycle events. Nil discards them.
 	Log *slog.Logger
+	// Channel is the channel to LISTEN on; default Channel.
+	Channel string
 	// ReconnectDelay is the base of the exponential backoff (with full
 	// jitter) between attempts; default 250ms, capped at 30 times it.
 	ReconnectDelay time.Duration
@@ -81,7 +84,7 @@ func (l *Listener) listen(ctx context.Context, log *slog.Logger, reconnect bool)
 		defer cancel()
 		conn.Close(cctx)
 	}()
-	if _, err := conn.Exec(ctx, "listen "+pgx.Identifier{Channel}.Sanitize()); err != nil {
+	if _, err := conn.Exec(ctx, "listen "+pgx.Identifier{cmp.Or(l.Channel, Channel)}.Sanitize()); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
 	l.connected.Store(true)
