@@ -207,6 +207,9 @@ func (c *Client) handle(ctx context.Context, conn *websocket.Conn, gen int, f fr
 		}
 		st.started, st.live = true, true
 		c.mu.Unlock()
+		if err := c.joinedReadState(ctx, conn, f); err != nil {
+			return err
+		}
 		return c.flush(ctx, conn, gen)
 	case "ack":
 		c.mu.Lock()
@@ -217,6 +220,8 @@ func (c *Client) handle(ctx context.Context, conn *websocket.Conn, gen int, f fr
 		c.mu.Unlock()
 	case "error":
 		return c.handleError(ctx, conn, gen, f)
+	case "presence", "presence_diff", "typing", "read":
+		c.handlePresence(f)
 	}
 	return nil
 }
@@ -308,6 +313,14 @@ type frame struct {
 	Ref       string `json:"ref"`
 	Code      string `json:"code"`
 	Message   string `json:"message"`
+	// Presence, typing and read state (presence.go).
+	Count    int      `json:"count"`
+	Members  []string `json:"members"`
+	Complete *bool    `json:"complete"`
+	Joins    []string `json:"joins"`
+	Leaves   []string `json:"leaves"`
+	Read     *int64   `json:"read"`
+	Unread   *int64   `json:"unread"`
 }
 
 type joinFrame struct {
