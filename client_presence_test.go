@@ -31,7 +31,12 @@ func (e *events) poke() {
 
 func (e *events) options(o *client.Options) {
 	o.OnPresence = func(p client.Presence) { e.mu.Lock(); e.presence = append(e.presence, p); e.mu.Unlock(); e.poke() }
-	o.OnTyping = func(room, author string) { e.mu.Lock(); e.typing = append(e.typing, room+"/"+author); e.mu.Unlock(); e.poke() }
+	o.OnTyping = func(room, author string) {
+		e.mu.Lock()
+		e.typing = append(e.typing, room+"/"+author)
+		e.mu.Unlock()
+		e.poke()
+	}
 	o.OnRead = func(r client.ReadReceipt) { e.mu.Lock(); e.reads = append(e.reads, r); e.mu.Unlock(); e.poke() }
 }
 
