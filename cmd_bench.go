@@ -47,6 +47,7 @@ Flags:
 		history = fs.Int("history", 1000, "joinstorm: messages stored before the storm (the servers' REPLAY_LIMIT must be at least this)")
 		churn   = fs.Int("churn", 30, "presence: joins and leaves per second, each")
 		typists = fs.Int("typists", 0, "load: extra clients in a room of their own, each typing once per second")
+		killPID = fs.Int("kill-pid", 0, "presence: after the churn, kill -9 this server process (one of yours) and time its members' leaving")
 		dial    = fs.Int("dial", 64, "connections opened at once")
 		prefix  = fs.String("room-prefix", "", "room and client name prefix (default: bench- and a random run id)")
 		token   = fs.String("token", "", "bearer token sent with every upgrade request")
@@ -68,7 +69,7 @@ Flags:
 		Rate: *rate, Window: *window, BodySize: *body, Rooms: *rooms,
 		Duration: *dur, Warmup: *warmup, Drain: *drain, History: *history,
 		DialConcurrency: *dial, RoomPrefix: *prefix,
-		Churn: *churn, Typists: *typists,
+		Churn: *churn, Typists: *typists, KillPID: *killPID,
 	}
 	if *mode != bench.ModeLoad {
 		cfg.Senders = 0

@@ -47,6 +47,7 @@ type Config struct {
 	History  int           // joinstorm: messages in the room before the storm (1000)
 	Churn    int           // presence: joins and leaves per second, each (30)
 	Typists  int           // load: more connections, in a room of their own, each typing once per second (0)
+	KillPID  int           // presence: after the churn, kill -9 this server process and time its members' leaving (0: none)
 
 	// DialConcurrency bounds the connections being opened at once (64).
 	DialConcurrency int

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,10 +26,18 @@ type Presence struct {
 	Diffs       int64         `json:"diffs"`  // presence_diff frames received, all connections
 	Snapshots   int64         `json:"snapshots"`
 	MinDiffGap  time.Duration `json:"min_diff_gap_ns"` // shortest time between two diffs to one connection
-	FastDiffs   int64         `json:"fast_diffs"`      // diffs less than 900 ms after the previous one to the same connection
+	FastDiffs   int64         `json:"fast_diffs"`      // diffs read less than 900 ms after the previous one by the same connection
+	MaxDiffs    int64         `json:"max_diffs"`       // most diffs one connection received, over the whole run
+	RunSeconds  float64       `json:"run_seconds"`     // from the first join to the end of the settling
 	Settle      time.Duration `json:"settle_ns"`       // from the end of the churn until every member's count was right
 	Wrong       int           `json:"wrong_counts"`    // members whose count was still wrong after Drain
 	PerEventMsg int64         `json:"per_event_messages"`
+
+	// With Config.KillPID: the members left on the other instances, and how
+	// long after the kill the last of them had the right count (0: never,
+	// within Drain).
+	Survivors  int           `json:"survivors,omitempty"`
+	KillSettle time.Duration `json:"kill_settle_ns,omitempty"`
 }
 
 // Typing is what the typists of a load run measured.
@@ -45,7 +54,9 @@ type pmember struct {
 
 	mu       sync.Mutex
 	joined   bool // a join was sent and no leave since
+	dead     bool // its connection ended
 	count    int64
+	diffs    int64
 	lastDiff int64 // ns since the run's start
 	pending  bool  // a join is on its way: its snapshot resets count
 }
@@ -102,6 +113,9 @@ func (r *runner) presence(ctx context.Context) error {
 			for {
 				data, err := ws.next()
 				if err != nil {
+					m.mu.Lock()
+					m.dead = true
+					m.mu.Unlock()
 					return
 				}
 				if !scanFrame(data, &f) {
@@ -130,6 +144,7 @@ func (r *runner) presence(ctx context.Context) error {
 						}
 					}
 					m.count, m.lastDiff = f.count, now
+					m.diffs++
 					m.mu.Unlock()
 				case "error":
 					r.countError(f.code)
@@ -201,12 +216,52 @@ func (r *runner) presence(ctx context.Context) error {
 	if r.settle(ctx, members, cfg.Drain) {
 		res.Settle = time.Since(s0)
 	}
-	stopProgress()
 	for _, m := range members {
 		m.mu.Lock()
 		if m.joined && (m.pending || m.count != int64(len(members))) {
 			res.Wrong++
 		}
+		m.mu.Unlock()
+	}
+	if cfg.KillPID != 0 {
+		r.phase.Store("killed")
+		if err := killProcess(cfg.KillPID); err != nil {
+			return fmt.Errorf("kill %d: %w", cfg.KillPID, err)
+		}
+		k0 := time.Now()
+		// The killed instance's members see their connections end at
+		// once; wait for that to be over before checking the others.
+		dead, stable := 0, time.Now()
+		for time.Since(k0) < 10*time.Second && (dead == 0 || time.Since(stable) < 500*time.Millisecond) {
+			n := 0
+			for _, m := range members {
+				m.mu.Lock()
+				if m.dead {
+					n++
+				}
+				m.mu.Unlock()
+			}
+			if n != dead {
+				dead, stable = n, time.Now()
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if r.settle(ctx, members, cfg.Drain) {
+			res.KillSettle = time.Since(k0)
+		}
+		for _, m := range members {
+			m.mu.Lock()
+			if !m.dead {
+				res.Survivors++
+			}
+			m.mu.Unlock()
+		}
+	}
+	stopProgress()
+	res.RunSeconds = time.Since(t0).Seconds()
+	for _, m := range members {
+		m.mu.Lock()
+		res.MaxDiffs = max(res.MaxDiffs, m.diffs)
 		m.mu.Unlock()
 	}
 	res.Members = len(members)
@@ -218,15 +273,23 @@ func (r *runner) presence(ctx context.Context) error {
 	return nil
 }
 
-// settle waits until every joined member counts every member, or for up
-// to timeout.
+// settle waits until every joined member that is still connected counts
+// every such member, or for up to timeout.
 func (r *runner) settle(ctx context.Context, members []*pmember, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
+		var alive int64
+		for _, m := range members {
+			m.mu.Lock()
+			if !m.dead {
+				alive++
+			}
+			m.mu.Unlock()
+		}
 		done := true
 		for _, m := range members {
 			m.mu.Lock()
-			ok := !m.joined || (!m.pending && m.count == int64(len(members)))
+			ok := m.dead || !m.joined || (!m.pending && m.count == alive)
 			m.mu.Unlock()
 			if !ok {
 				done = false
@@ -317,4 +380,13 @@ func (r *runner) startTypists(ctx context.Context, stop <-chan struct{}) (func()
 		return nil, fmt.Errorf("typists: %w", err)
 	}
 	return done, nil
+}
+
+// killProcess sends SIGKILL (kill -9) to pid.
+func killProcess(pid int) error {
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return err
+	}
+	return p.Signal(os.Kill)
 }

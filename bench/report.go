@@ -75,8 +75,12 @@ func (res *Result) WriteText(w io.Writer) {
 	if p := res.Presence; p != nil {
 		row("churn", "%d joins and %d leaves (%d/s each)", p.Joins, p.Leaves, p.Churn)
 		row("presence_diff frames", "%d (%.0f/s), shortest gap to one connection %s, %d under 900 ms", p.Diffs, float64(p.Diffs)/res.Duration.Seconds(), round(p.MinDiffGap), p.FastDiffs)
+		row("most diffs to one connection", "%d in %.0f s", p.MaxDiffs, p.RunSeconds)
 		row("per-event presence would send", "%d messages", p.PerEventMsg)
 		row("settled after churn", "%s, %d members with a wrong count", round(p.Settle), p.Wrong)
+		if p.Survivors > 0 {
+			row("after the kill", "%d members left; every one counted right after %s", p.Survivors, round(p.KillSettle))
+		}
 	}
 	if ty := res.Typing; ty != nil {
 		row("typing", "%d typists sent %d, received %d", ty.Typists, ty.Sent, ty.Received)

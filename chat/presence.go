@@ -77,6 +77,8 @@ type presence struct {
 	session   store.PresenceSession
 	typed     chan struct{} // cap 1: typingOut has events
 
+	lastBroadcast time.Time // run's goroutine only
+
 	mu           sync.Mutex
 	rooms        map[string]*presenceRoom
 	touchedLocal map[roomAuthor]struct{} // local presence may differ from published
@@ -290,9 +292,11 @@ func (p *presence) run(ctx context.Context) {
 			}
 			return
 		case <-tick.C:
+			// Diffs first, right on the tick, so that they are an interval
+			// apart whatever the database calls after them take.
+			p.broadcast(ctx)
 			p.publish(ctx)
 			p.flushReads(ctx)
-			p.broadcast(time.Now())
 		case <-beat.C:
 			p.heartbeat(ctx)
 		case <-p.typed:
@@ -422,8 +426,19 @@ type outgoing struct {
 }
 
 // broadcast sends each room's net change since the last call to its local
-// member connections, and the read receipts gathered meanwhile.
-func (p *presence) broadcast(now time.Time) {
+// member connections, and the read receipts gathered meanwhile. It is
+// never less than an interval after the previous one (a ticker may fire
+// early after a late tick).
+func (p *presence) broadcast(ctx context.Context) {
+	if wait := p.interval - time.Since(p.lastBroadcast); wait > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+	now := time.Now()
+	p.lastBroadcast = now
 	var out []outgoing
 	diffs := 0
 	p.mu.Lock()
