@@ -33,7 +33,7 @@ import (
 const (
 	typingWindow     = 2 * time.Second
 	typingJitter     = 250 * time.Millisecond
-	typingFlushDelay = 50 * time.Millisecond // typing events batched into one notification
+	typingFlushDelay = 50 * time.Millisecond // typing events batched: one notification, one wake-up per connection
 	// maxUnread is where joined.unread stops counting.
 	maxUnread = 1000
 )
@@ -75,7 +75,7 @@ type presence struct {
 	listLimit int
 	timeout   time.Duration
 	session   store.PresenceSession
-	typed     chan struct{} // cap 1: typingOut has events
+	typed     chan struct{} // cap 1: typingOut or typingRelay has events
 
 	lastBroadcast time.Time // run's goroutine only
 
@@ -84,7 +84,8 @@ type presence struct {
 	touchedLocal map[roomAuthor]struct{} // local presence may differ from published
 	published    map[roomAuthor]struct{} // present here as far as the table knows
 	typingLast   map[roomAuthor]time.Time
-	typingOut    []store.Typing
+	typingOut    []store.Typing      // to announce to the other instances
+	typingRelay  map[string][]string // room → authors to relay to local connections
 	readsOut     map[roomAuthor]int64
 }
 
@@ -129,6 +130,7 @@ func newPresence(h *Hub) *presence {
 		touchedLocal: make(map[roomAuthor]struct{}),
 		published:    make(map[roomAuthor]struct{}),
 		typingLast:   make(map[roomAuthor]time.Time),
+		typingRelay:  make(map[string][]string),
 		readsOut:     make(map[roomAuthor]int64),
 	}
 	if p.listLimit <= 0 {
@@ -304,6 +306,7 @@ func (p *presence) run(ctx context.Context) {
 			case <-ctx.Done():
 			case <-time.After(typingFlushDelay):
 			}
+			p.deliverTyping()
 			p.flushTyping(ctx)
 		}
 	}
@@ -624,10 +627,12 @@ func (p *presence) reload(ctx context.Context) {
 	}
 }
 
-// relayTyping sends a typing frame to the room's local connections other
+// relayTyping queues a typing frame for the room's local connections other
 // than the author's, unless one was relayed for the author in the room
 // less than typingWindow ago. Local events are also announced to the other
-// instances.
+// instances. Both happen within typingFlushDelay, in batches: a connection
+// gets the room's typing frames of the last 50 ms together, which saves a
+// writer wake-up per frame in a busy room.
 func (p *presence) relayTyping(room, author string, local bool) {
 	now := time.Now()
 	ra := roomAuthor{room, author}
@@ -642,29 +647,46 @@ func (p *presence) relayTyping(room, author string, local bool) {
 		return
 	}
 	p.typingLast[ra] = now
-	var targets []*client
-	if r := p.rooms[room]; r != nil {
-		for c := range r.conns {
-			if c.author != author {
-				targets = append(targets, c)
-			}
-		}
+	if r := p.rooms[room]; r != nil && len(r.conns) > 0 {
+		p.typingRelay[room] = append(p.typingRelay[room], author)
 	}
 	if local {
 		p.typingOut = append(p.typingOut, store.Typing{Room: room, Author: author})
-		select {
-		case p.typed <- struct{}{}:
-		default:
-		}
 	}
 	p.mu.Unlock()
-	if len(targets) > 0 {
-		frame := encode(typingFrame{Type: TypeTyping, Room: room, Author: author})
-		for _, c := range targets {
-			c.send(frame)
-		}
-		p.metrics.TypingRelayed(len(targets))
+	select {
+	case p.typed <- struct{}{}:
+	default:
 	}
+}
+
+// deliverTyping sends the typing frames queued by relayTyping.
+func (p *presence) deliverTyping() {
+	var out []outgoing
+	p.mu.Lock()
+	for room, authors := range p.typingRelay {
+		r := p.rooms[room]
+		if r == nil {
+			continue
+		}
+		frames := make([][]byte, len(authors))
+		for i, a := range authors {
+			frames[i] = encode(typingFrame{Type: TypeTyping, Room: room, Author: a})
+		}
+		for c := range r.conns {
+			for i, a := range authors {
+				if a != c.author {
+					out = append(out, outgoing{c, frames[i]})
+				}
+			}
+		}
+	}
+	clear(p.typingRelay)
+	p.mu.Unlock()
+	for _, o := range out {
+		o.c.send(o.frame)
+	}
+	p.metrics.TypingRelayed(len(out))
 }
 
 func (p *presence) flushTyping(ctx context.Context) {
