@@ -754,7 +754,7 @@ func (p *presence) readState(ctx context.Context, room, author string, head int6
 	p.mu.Lock()
 	pending := p.readsOut[roomAuthor{room, author}]
 	p.mu.Unlock()
-	return p.db.ReadState(ctx, room, author, pending, head)
+	return p.db.ReadState(ctx, room, author, pending, head, maxUnread)
 }
 
 // view returns the room's count and, if within the list limit, its sorted

@@ -308,8 +308,8 @@ func (db *DB) WriteReads(ctx context.Context, session string, reads []ReadCursor
 
 // ReadState returns author's read cursor in room (at least atLeast, at
 // most head) and how many messages after it, up to head, others wrote,
-// counted up to 1000.
-func (db *DB) ReadState(ctx context.Context, room, author string, atLeast, head int64) (read, unread int64, err error) {
+// counted up to maxUnread.
+func (db *DB) ReadState(ctx context.Context, room, author string, atLeast, head int64, maxUnread int) (read, unread int64, err error) {
 	err = db.pool.QueryRow(ctx, `
 		with c as (
 			select least(greatest(coalesce((select seq from reads where room = $1 and author = $2), 0), $3), $4) as seq
@@ -318,10 +318,10 @@ func (db *DB) ReadState(ctx context.Context, room, author string, atLeast, head 
 			select count(*) from (
 				select 1 from messages m
 				where m.room = $1 and m.seq > c.seq and m.seq <= $4 and m.author <> $2
-				limit 1000
+				limit $5
 			) u
 		)
-		from c`, room, author, atLeast, head).Scan(&read, &unread)
+		from c`, room, author, atLeast, head, maxUnread).Scan(&read, &unread)
 	if err != nil {
 		return 0, 0, fmt.Errorf("read state of %q in %q: %w", author, room, err)
 	}
