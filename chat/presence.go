@@ -66,7 +66,8 @@ type roomAuthor struct{ room, author string }
 
 // presence is a hub's presence, typing and read state. Its own mutex guards
 // everything below mu; it never takes the hub's, and it queues frames only
-// after releasing its own.
+// after releasing its own. Lock order: Hub.mu (Hub.leave calls left with
+// it held), then presence.mu.
 type presence struct {
 	db        *store.DB
 	log       *slog.Logger
@@ -112,18 +113,18 @@ type snapshot struct {
 
 func newPresence(h *Hub) *presence {
 	o := h.opts
-	def := func(d *time.Duration, v time.Duration) time.Duration {
-		if *d <= 0 {
+	def := func(d, v time.Duration) time.Duration {
+		if d <= 0 {
 			return v
 		}
-		return *d
+		return d
 	}
 	p := &presence{
 		db:           h.db,
 		log:          h.log,
 		metrics:      nopPresenceMetrics{},
-		interval:     def(&o.PresenceInterval, time.Second),
-		timeout:      def(&o.PresenceTimeout, 5*time.Second),
+		interval:     def(o.PresenceInterval, time.Second),
+		timeout:      def(o.PresenceTimeout, 5*time.Second),
 		listLimit:    o.PresenceListLimit,
 		typed:        make(chan struct{}, 1),
 		rooms:        make(map[string]*presenceRoom),
