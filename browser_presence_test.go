@@ -40,6 +40,7 @@ func TestBrowserPresenceTypingAndReads(t *testing.T) {
 	// bob types (without sending): alice sees it, bob does not see himself.
 	bob.do(chromedp.SendKeys(chromedp.ID("composer"), "hel"))
 	alice.waitFor("bob is typing", `document.querySelector('#typing').textContent === 'bob is typing…'`)
+	alice.screenshot("browser-presence.png")
 	if got := eval[string](bob, `document.querySelector('#typing').textContent`); got != "" {
 		t.Errorf("bob's page shows %q about his own typing", got)
 	}
