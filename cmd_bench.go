@@ -34,7 +34,7 @@ Flags:
 	}
 	var (
 		urls    = fs.String("url", "http://127.0.0.1:8080", "server base URL(s), comma-separated; clients are spread round-robin")
-		mode    = fs.String("mode", bench.ModeLoad, "load, idle (connect, join, stay idle) or joinstorm (clients join a room with history at once)")
+		mode    = fs.String("mode", bench.ModeLoad, "load, idle (connect, join, stay idle), joinstorm (clients join a room with history at once) or presence (clients in one room, -churn joins and leaves per second)")
 		clients = fs.Int("clients", 100, "connections")
 		senders = fs.Int("senders", 10, "load: clients that send")
 		rate    = fs.Float64("rate", 20, "load: messages per second per sender; 0: as fast as acks allow within -window")
@@ -45,6 +45,9 @@ Flags:
 		warmup  = fs.Duration("warmup", 2*time.Second, "load: sending before the measured period (-1s: none)")
 		drain   = fs.Duration("drain", 10*time.Second, "longest wait for acks and deliveries after sending stops")
 		history = fs.Int("history", 1000, "joinstorm: messages stored before the storm (the servers' REPLAY_LIMIT must be at least this)")
+		churn   = fs.Int("churn", 30, "presence: joins and leaves per second, each")
+		typists = fs.Int("typists", 0, "load: extra clients in a room of their own, each typing once per second")
+		killPID = fs.Int("kill-pid", 0, "presence: after the churn, kill -9 this server process (one of yours) and time its members' leaving")
 		dial    = fs.Int("dial", 64, "connections opened at once")
 		prefix  = fs.String("room-prefix", "", "room and client name prefix (default: bench- and a random run id)")
 		token   = fs.String("token", "", "bearer token sent with every upgrade request")
@@ -66,6 +69,7 @@ Flags:
 		Rate: *rate, Window: *window, BodySize: *body, Rooms: *rooms,
 		Duration: *dur, Warmup: *warmup, Drain: *drain, History: *history,
 		DialConcurrency: *dial, RoomPrefix: *prefix,
+		Churn: *churn, Typists: *typists, KillPID: *killPID,
 	}
 	if *mode != bench.ModeLoad {
 		cfg.Senders = 0

@@ -127,6 +127,7 @@ func runTail(ctx context.Context, args, _ []string, stdout, stderr io.Writer) er
 	var f clientFlags
 	f.register(fs)
 	since := fs.Int64("since", -1, "print messages after this seq (default: the room's recent history)")
+	presence := fs.Bool("presence", false, "also print who is in the room on each join, then joins and leaves (lines starting with \"room presence\")")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: pgchat tail [-url ws://localhost:8080] [-room general] [-name NAME] [-since SEQ]
 
@@ -163,6 +164,9 @@ Connection changes go to stderr. Stops on Ctrl-C.
 	}
 	if *since >= 0 {
 		opts.Since = map[string]int64{f.room: *since}
+	}
+	if *presence {
+		opts.OnPresence = func(p client.Presence) { fmt.Fprintln(stdout, formatPresence(p)) }
 	}
 	wctx, stopWarn := context.WithCancel(ctx)
 	defer stopWarn()

@@ -49,6 +49,10 @@ type Config struct {
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s" help:"graceful shutdown limit after DRAIN_DELAY; keep both below the platform's kill timeout"`
 	ConnectTimeout  time.Duration `env:"DB_CONNECT_TIMEOUT" envDefault:"30s" help:"how long start-up retries an unreachable database before exiting"`
 
+	PresenceInterval  time.Duration `env:"PRESENCE_INTERVAL" envDefault:"1s" help:"presence diffs, read receipts and presence writes happen at most this often (per room, per connection)"`
+	PresenceTimeout   time.Duration `env:"PRESENCE_TIMEOUT" envDefault:"5s" help:"an instance whose heartbeat is this late is dead: the others remove its members; it heartbeats every fifth of it"`
+	PresenceListLimit int           `env:"PRESENCE_LIST_LIMIT" envDefault:"1000" help:"rooms with more members get presence counts only (complete:false), no member lists"`
+
 	AuthSecret       string        `env:"AUTH_SECRET" help:"set it (32+ random characters) to require signed tokens (pgchat token) on /ws and the history API; unset: anonymous mode, for demos and trusted networks"`
 	MaxConns         int           `env:"MAX_CONNECTIONS" envDefault:"10000" help:"WebSocket connections per instance; more get 503 with Retry-After; 0: no limit"`
 	MaxConnsPerIP    int           `env:"MAX_CONNECTIONS_PER_IP" envDefault:"100" help:"WebSocket connections per client address (per /64 for IPv6); more get 503 with Retry-After; 0: no limit"`
@@ -123,6 +127,9 @@ func (cfg Config) validate() error {
 		{cfg.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT", "a positive duration like 10s"},
 		{cfg.DrainDelay >= 0, "DRAIN_DELAY", "a duration like 5s, or 0"},
 		{cfg.DBPoolSize > 0 && cfg.DBPoolSize <= 1000, "DB_POOL_SIZE", "between 1 and 1000"},
+		{cfg.PresenceInterval >= 10*time.Millisecond, "PRESENCE_INTERVAL", "a duration of at least 10ms like 1s"},
+		{cfg.PresenceTimeout >= 2*cfg.PresenceInterval, "PRESENCE_TIMEOUT", "a duration of at least 2 × PRESENCE_INTERVAL, like 5s"},
+		{cfg.PresenceListLimit > 0, "PRESENCE_LIST_LIMIT", "positive"},
 		{cfg.ConnectTimeout >= 0, "DB_CONNECT_TIMEOUT", "a duration like 30s"},
 		{cfg.LogFormat == "text" || cfg.LogFormat == "json", "LOG_FORMAT", `"text" or "json"`},
 		{cfg.AuthSecret == "" || len(cfg.AuthSecret) >= 32, "AUTH_SECRET", "at least 32 characters (openssl rand -base64 32), or unset"},

@@ -201,7 +201,7 @@ func TestEventsAcrossInstances(t *testing.T) {
 		Head, Oldest int64
 		Messages     []evFrame
 	}
-	getJSON(t, a.URL+"/api/rooms/r/messages", &page)
+	mustGetJSON(t, a.URL+"/api/rooms/r/messages", &page)
 	if page.Head != 10 || page.Oldest != 1 || len(page.Messages) != 2 || !page.Messages[0].Deleted || page.Messages[0].Body != nil ||
 		*page.Messages[1].Body != "hello" || page.Messages[1].Reactions["👍"] != 1 {
 		t.Errorf("history = %+v", page)
@@ -237,18 +237,10 @@ func checkStream(t *testing.T, who string, msgs []evFrame, from int64, kinds []s
 	}
 }
 
-func getJSON(t *testing.T, url string, v any) {
+func mustGetJSON(t *testing.T, url string, v any) {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s", url, resp.Status)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		t.Fatalf("GET %s: %v", url, err)
+	if code := getJSON(t, url, v); code != http.StatusOK {
+		t.Fatalf("GET %s: status %d", url, code)
 	}
 }
 

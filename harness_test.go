@@ -145,16 +145,27 @@ func tryDial(ctx context.Context, base string, query url.Values) (*wsClient, err
 	return c, nil
 }
 
+// readFrame reads the next frame, skipping presence, typing and read
+// receipts (presence_test.go reads those with pnext).
 func readFrame(ctx context.Context, conn *websocket.Conn, f *frame) error {
-	typ, data, err := conn.Read(ctx)
-	if err != nil {
-		return err
+	for {
+		typ, data, err := conn.Read(ctx)
+		if err != nil {
+			return err
+		}
+		if typ != websocket.MessageText {
+			return fmt.Errorf("got a binary frame")
+		}
+		*f = frame{}
+		if err := json.Unmarshal(data, f); err != nil {
+			return err
+		}
+		switch f.Type {
+		case "presence", "presence_diff", "typing", "read":
+			continue
+		}
+		return nil
 	}
-	if typ != websocket.MessageText {
-		return fmt.Errorf("got a binary frame")
-	}
-	*f = frame{}
-	return json.Unmarshal(data, f)
 }
 
 func name(n string) url.Values { return url.Values{"name": {n}} }

@@ -285,6 +285,10 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 		MaxHistoryReads: max(1, cfg.DBPoolSize/4),
 		Log:             log,
 		Metrics:         m,
+
+		PresenceInterval:  cfg.PresenceInterval,
+		PresenceTimeout:   cfg.PresenceTimeout,
+		PresenceListLimit: cfg.PresenceListLimit,
 	})
 	listener = &store.Listener{
 		Connect: func(ctx context.Context) (*pgx.Conn, error) {
@@ -295,6 +299,17 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 		Log:      log,
 	}
 	queue := newQueueHealth(m, log)
+	// Presence, typing and read receipts have a channel and a listener of
+	// their own (docs/presence.md).
+	presenceListener := &store.Listener{
+		Channel: store.PresenceChannel,
+		Connect: func(ctx context.Context) (*pgx.Conn, error) {
+			return store.Connect(ctx, cfg.ListenDatabaseURL, cfg.InstanceID+" presence")
+		},
+		OnListen: hub.ReloadPresence,
+		OnNotify: hub.DeliverPresence,
+		Log:      log.With("listener", "presence"),
+	}
 	handler := chat.NewHandler(hub, chat.HandlerOptions{
 		ReadyNote:      queue.note,
 		AllowedOrigins: cfg.AllowedOrigins,
@@ -304,6 +319,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 		Ready: func(ctx context.Context) error {
 			if !listener.Connected() {
 				return errors.New("listener not connected")
+			}
+			if !presenceListener.Connected() {
+				return errors.New("presence listener not connected")
 			}
 			return db.Ping(ctx)
 		},
@@ -333,6 +351,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	var batcherDone, loops sync.WaitGroup
 	batcherDone.Go(func() { batcher.Run(batchCtx) })
 	loops.Go(func() { listener.Listen(loopCtx) })
+	loops.Go(func() { presenceListener.Listen(loopCtx) })
 	loops.Go(func() { hub.Run(loopCtx) })
 	loops.Go(func() { queue.run(loopCtx, db) })
 	indexer := &store.Indexer{DB: db, Log: log}

@@ -36,6 +36,8 @@ type metrics struct {
 	disconnects        *prometheus.CounterVec
 
 	listens atomic.Int64 // successful LISTENs so far
+
+	presenceMetrics // metrics_presence.go
 }
 
 var _ chat.Metrics = (*metrics)(nil)
@@ -114,6 +116,7 @@ func newMetrics() *metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	m.presenceMetrics = newPresenceMetrics(m.reg)
 	return m
 }
 

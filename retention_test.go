@@ -86,7 +86,7 @@ func TestRetention(t *testing.T) {
 		t.Errorf("join keep since 5: %d messages, joined %+v", len(msgs), joined)
 	}
 	var page struct{ Head, Oldest int64 }
-	getJSON(t, a.URL+"/api/rooms/r/messages", &page)
+	mustGetJSON(t, a.URL+"/api/rooms/r/messages", &page)
 	if page.Head != n || page.Oldest != n-19 {
 		t.Errorf("history head %d oldest %d, want %d and %d", page.Head, page.Oldest, n, n-19)
 	}

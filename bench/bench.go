@@ -45,6 +45,9 @@ type Config struct {
 	Warmup   time.Duration // load: sending before the measured period (2s); negative: none
 	Drain    time.Duration // after sending stops, the longest wait for acks and deliveries (10s)
 	History  int           // joinstorm: messages in the room before the storm (1000)
+	Churn    int           // presence: joins and leaves per second, each (30)
+	Typists  int           // load: more connections, in a room of their own, each typing once per second (0)
+	KillPID  int           // presence: after the churn, kill -9 this server process and time its members' leaving (0: none)
 
 	// DialConcurrency bounds the connections being opened at once (64).
 	DialConcurrency int
@@ -80,6 +83,7 @@ func (c *Config) setDefaults() error {
 	def(&c.BodySize, 128)
 	def(&c.Rooms, 1)
 	def(&c.History, 1000)
+	def(&c.Churn, 30)
 	def(&c.DialConcurrency, 64)
 	if c.Duration <= 0 {
 		c.Duration = 10 * time.Second
@@ -97,8 +101,8 @@ func (c *Config) setDefaults() error {
 		c.RoomPrefix = "bench-" + hex.EncodeToString(b[:])
 	}
 	switch {
-	case c.Mode != ModeLoad && c.Mode != ModeIdle && c.Mode != ModeJoinStorm:
-		return fmt.Errorf("unknown mode %q: load, idle or joinstorm", c.Mode)
+	case c.Mode != ModeLoad && c.Mode != ModeIdle && c.Mode != ModeJoinStorm && c.Mode != ModePresence:
+		return fmt.Errorf("unknown mode %q: load, idle, joinstorm or presence", c.Mode)
 	case c.Senders > c.Clients:
 		return fmt.Errorf("%d senders but only %d clients", c.Senders, c.Clients)
 	case c.Rate < 0:
@@ -148,6 +152,8 @@ type Result struct {
 
 	JoinStorm *JoinStorm `json:"join_storm,omitempty"`
 	Idle      *Idle      `json:"idle,omitempty"`
+	Presence  *Presence  `json:"presence,omitempty"` // presence.go
+	Typing    *Typing    `json:"typing,omitempty"`
 }
 
 // ServerStats are a server process's figures (Config.PIDs).
@@ -195,6 +201,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	switch cfg.Mode {
 	case ModeJoinStorm:
 		return r.res, r.joinStorm(ctx)
+	case ModePresence:
+		return r.res, r.presence(ctx)
 	default:
 		return r.res, r.load(ctx)
 	}

@@ -7,6 +7,7 @@ package bench
 type frame struct {
 	typ, room, body, ref, code, message []byte
 	seq                                 int64
+	count                               int64 // presence frames
 }
 
 // scanFrame reads the top-level fields of a server frame without decoding
@@ -68,8 +69,11 @@ func scanFrame(data []byte, f *frame) bool {
 		if !ok {
 			return false
 		}
-		if string(key) == "seq" {
+		switch string(key) {
+		case "seq":
 			f.seq, _ = leadingInt(data[i:j])
+		case "count":
+			f.count, _ = leadingInt(data[i:j])
 		}
 		i = j
 	}

@@ -378,6 +378,10 @@ func (r *runner) load(ctx context.Context) error {
 	r.res.Connect = time.Since(t0)
 
 	stopSending := make(chan struct{})
+	finishTyping, err := r.startTypists(ctx, stopSending)
+	if err != nil {
+		return err
+	}
 	var senders sync.WaitGroup
 	for _, c := range r.conns {
 		if c.snd != nil {
@@ -404,6 +408,7 @@ func (r *runner) load(ctx context.Context) error {
 	to, cpu1 := r.sampleServers(), selfCPU()
 	close(stopSending)
 	senders.Wait()
+	finishTyping()
 	if !ok {
 		return ctx.Err()
 	}

@@ -22,6 +22,9 @@ func (res *Result) Failures() string {
 	if res.OutOfOrder > 0 {
 		parts = append(parts, fmt.Sprintf("%d out of order", res.OutOfOrder))
 	}
+	if p := res.Presence; p != nil && p.Wrong > 0 {
+		parts = append(parts, fmt.Sprintf("%d members with a wrong presence count", p.Wrong))
+	}
 	if js := res.JoinStorm; js != nil && js.Failed > 0 {
 		parts = append(parts, fmt.Sprintf("%d incomplete replays", js.Failed))
 	}
@@ -45,6 +48,8 @@ func (res *Result) WriteText(w io.Writer) {
 		row("clients", "%d idle in %d room(s)", res.Clients, res.Rooms)
 	case ModeJoinStorm:
 		row("clients", "%d joining one room with since=0", res.Clients)
+	case ModePresence:
+		row("clients", "%d in one room, churning", res.Clients)
 	}
 	row("connect", "%s", round(res.Connect))
 	row("measured", "%s", round(res.Duration))
@@ -66,6 +71,19 @@ func (res *Result) WriteText(w io.Writer) {
 		row("all replays done", "%s", round(js.Total))
 		row("replayed", "%d (%.0f messages/s)", js.Replayed, res.DeliveriesPerSec)
 		row("incomplete replays", "%d", js.Failed)
+	}
+	if p := res.Presence; p != nil {
+		row("churn", "%d joins and %d leaves (%d/s each)", p.Joins, p.Leaves, p.Churn)
+		row("presence_diff frames", "%d (%.0f/s), shortest gap to one connection %s, %d under 900 ms", p.Diffs, float64(p.Diffs)/res.Duration.Seconds(), round(p.MinDiffGap), p.FastDiffs)
+		row("most diffs to one connection", "%d in %.0f s", p.MaxDiffs, p.RunSeconds)
+		row("per-event presence would send", "%d messages", p.PerEventMsg)
+		row("settled after churn", "%s, %d members with a wrong count", round(p.Settle), p.Wrong)
+		if p.Survivors > 0 {
+			row("after the kill", "%d members left; every one counted right after %s", p.Survivors, round(p.KillSettle))
+		}
+	}
+	if ty := res.Typing; ty != nil {
+		row("typing", "%d typists sent %d, received %d", ty.Typists, ty.Sent, ty.Received)
 	}
 	if id := res.Idle; id != nil {
 		row("alive at the end", "%d", id.Alive)

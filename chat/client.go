@@ -199,6 +199,10 @@ func (c *client) handle(ctx context.Context, f Frame) {
 		c.submit(ctx, f)
 	case TypeEdit, TypeDelete, TypeReact, TypeUnreact:
 		c.applyEvent(ctx, f) // events.go
+	case TypeTyping:
+		c.typing(f)
+	case TypeRead:
+		c.markRead(f)
 	}
 }
 

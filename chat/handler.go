@@ -52,6 +52,8 @@ func NewHandler(h *Hub, opts HandlerOptions) http.Handler {
 	mux.HandleFunc("POST /api/messages", s.servePublishBatch)
 	mux.HandleFunc("GET /api/whoami", s.serveWhoami)
 	mux.HandleFunc("GET /pgchat-client.js", serveJSClient)
+	mux.HandleFunc("GET /api/rooms/{room}/presence", s.servePresence)
+	mux.HandleFunc("GET /api/rooms/{room}/reads", s.serveReads)
 	mux.Handle("GET /", http.FileServerFS(webRoot))
 	return mux
 }

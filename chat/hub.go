@@ -32,6 +32,11 @@ type Options struct {
 	MaxHistoryReads int           // history requests served at once (4)
 	Log             *slog.Logger  // nil: discard
 	Metrics         Metrics       // nil: none
+
+	// Presence (presence.go).
+	PresenceInterval  time.Duration // presence diffs, read receipts and presence writes at most this often (1s)
+	PresenceTimeout   time.Duration // an instance not heard from for this long is dead: its members leave (5s)
+	PresenceListLimit int           // above this many members a room gets counts only (1000)
 }
 
 func (o *Options) setDefaults() {
@@ -88,6 +93,7 @@ type Hub struct {
 	sockets  *wsconn.Set    // the connections' keepalive and idle parking; Run runs it
 	catchUps slots          // budget.go
 	history  slots
+	presence *presence // presence, typing and read state (presence.go)
 
 	mu         sync.Mutex
 	rooms      map[string]*room
@@ -119,7 +125,7 @@ type member struct {
 // NewHub returns a hub reading from db and appending through b.
 func NewHub(db *store.DB, b *store.Batcher, opts Options) *Hub {
 	opts.setDefaults()
-	return &Hub{
+	h := &Hub{
 		db:         db,
 		batcher:    b,
 		opts:       opts,
@@ -137,6 +143,8 @@ func NewHub(db *store.DB, b *store.Batcher, opts Options) *Hub {
 		catchUps: newSlots(opts.MaxCatchUps),
 		history:  newSlots(opts.MaxHistoryReads),
 	}
+	h.presence = newPresence(h)
+	return h
 }
 
 // Run catches rooms up from the table when they fall behind and checks
@@ -147,6 +155,7 @@ func (h *Hub) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { h.sockets.Run(ctx) })
+	wg.Go(func() { h.presence.run(ctx) })
 	tick := time.NewTicker(h.opts.SyncInterval)
 	defer tick.Stop()
 	for {
@@ -445,6 +454,12 @@ func (h *Hub) joinFrom(ctx context.Context, c *client, name string, since int64,
 			return fail(err)
 		}
 	}
+	qctx, cancel = context.WithTimeout(ctx, h.opts.WriteTimeout)
+	read, unread, err := h.presence.readState(qctx, name, c.author, head)
+	cancel()
+	if err != nil {
+		return fail(err)
+	}
 	cursor := head
 	for {
 		for _, m := range msgs {
@@ -473,12 +488,13 @@ func (h *Hub) joinFrom(ctx context.Context, c *client, name string, since int64,
 		}
 		if r.last <= cursor {
 			mem.live, mem.cursor = true, cursor
-			c.send(encode(joinedFrame{TypeJoined, name, cursor, recovered}))
+			c.send(encode(joinedFrame{TypeJoined, name, cursor, recovered, read, unread}))
 			r.drainPending()
 			if r.target > r.last {
 				h.requestFetch(r)
 			}
 			h.mu.Unlock()
+			h.presence.joined(c, name)
 			return nil
 		}
 		h.mu.Unlock()
@@ -516,6 +532,7 @@ func (h *Hub) leave(c *client, name string) bool {
 		return false
 	}
 	delete(r.members, c)
+	h.presence.left(c, name) // takes only the presence lock
 	h.opts.Metrics.Memberships(-1)
 	if len(r.members) == 0 {
 		delete(h.rooms, name)

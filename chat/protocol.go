@@ -23,6 +23,9 @@ const (
 	TypeDelete  = "delete"
 	TypeReact   = "react"
 	TypeUnreact = "unreact"
+	// Both ways (docs/protocol.md, "Presence, typing and read state").
+	TypeTyping = "typing"
+	TypeRead   = "read"
 	// Server to client.
 	TypeWelcome = "welcome"
 	TypeMessage = "message"
@@ -30,6 +33,9 @@ const (
 	TypeLeft    = "left"
 	TypeAck     = "ack"
 	TypeError   = "error"
+	// Presence, server to client.
+	TypePresence     = "presence"
+	TypePresenceDiff = "presence_diff"
 )
 
 // Limits of protocol v1.
@@ -49,6 +55,7 @@ type Frame struct {
 	Ref      string
 	Target   int64  // edit, delete, react, unreact: the seq of the message
 	Emoji    string // react, unreact
+	Seq      int64  // read: the seq read up to
 }
 
 type rawFrame struct {
@@ -59,6 +66,7 @@ type rawFrame struct {
 	Ref    string  `json:"ref"`
 	Target int64   `json:"target"`
 	Emoji  string  `json:"emoji"`
+	Seq    *int64  `json:"seq"`
 }
 
 // DecodeFrame parses and validates one client frame. Bodies longer than
@@ -87,12 +95,15 @@ func DecodeFrame(data []byte, maxBody int) (Frame, error) {
 	if raw.Body != nil {
 		f.Body = *raw.Body
 	}
+	if raw.Seq != nil && f.Type == TypeRead {
+		f.Seq = *raw.Seq
+	}
 	if !validRef(f.Ref) {
 		f.Ref = ""
 		return f, errorf(CodeBadRequest, "ref must be 1 to %d printable ASCII characters", MaxRefLen)
 	}
 	switch f.Type {
-	case TypeJoin, TypeLeave, TypeSend, TypeEdit, TypeDelete, TypeReact, TypeUnreact:
+	case TypeJoin, TypeLeave, TypeSend, TypeEdit, TypeDelete, TypeReact, TypeUnreact, TypeTyping, TypeRead:
 	case "":
 		return f, errorf(CodeBadRequest, "frame has no type")
 	default:
@@ -109,6 +120,10 @@ func DecodeFrame(data []byte, maxBody int) (Frame, error) {
 	case TypeEdit, TypeDelete, TypeReact, TypeUnreact:
 		if err := validateEvent(f, raw.Body != nil, maxBody); err != nil {
 			return f, err
+		}
+	case TypeRead:
+		if raw.Seq == nil || *raw.Seq < 0 {
+			return f, errorf(CodeBadRequest, "seq must be a whole number, 0 or more")
 		}
 	case TypeSend:
 		if raw.Body == nil || strings.TrimSpace(f.Body) == "" {
@@ -199,6 +214,8 @@ type joinedFrame struct {
 	Room      string `json:"room"`
 	Seq       int64  `json:"seq"`
 	Recovered bool   `json:"recovered"`
+	Read      int64  `json:"read"`   // the author's read cursor
+	Unread    int64  `json:"unread"` // others' messages after it, up to maxUnread
 }
 
 type leftFrame struct {

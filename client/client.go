@@ -67,6 +67,12 @@ type Options struct {
 	OnMessage func(Message)
 	// OnConnect is called after each welcome, with the instance reached.
 	OnConnect func(instance string)
+	// OnPresence, OnTyping and OnRead get the rooms' presence snapshots and
+	// diffs, typing events and read receipts (presence.go). Like
+	// OnMessage they run on the read goroutine.
+	OnPresence func(Presence)
+	OnTyping   func(room, author string)
+	OnRead     func(ReadReceipt)
 	// MinDelay and MaxDelay bound the reconnect backoff: the n-th attempt
 	// in a row waits a random time between 0 and min(MaxDelay,
 	// MinDelay × 2^n) ("full jitter") (250ms, 10s).
@@ -98,6 +104,8 @@ type Client struct {
 	gen      int                     // connection number, bumped per connection
 	instance string                  // instance of the current connection
 	nextRef  int
+
+	pres presenceState // presence.go
 }
 
 type roomState struct {

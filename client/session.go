@@ -213,6 +213,9 @@ func (c *Client) handle(ctx context.Context, conn *websocket.Conn, gen int, f fr
 		}
 		st.started, st.live = true, true
 		c.mu.Unlock()
+		if err := c.joinedReadState(ctx, conn, f); err != nil {
+			return err
+		}
 		return c.flush(ctx, conn, gen)
 	case "ack":
 		c.mu.Lock()
@@ -223,6 +226,8 @@ func (c *Client) handle(ctx context.Context, conn *websocket.Conn, gen int, f fr
 		c.mu.Unlock()
 	case "error":
 		return c.handleError(ctx, conn, gen, f)
+	case "presence", "presence_diff", "typing", "read":
+		c.handlePresence(f)
 	}
 	return nil
 }
@@ -325,6 +330,14 @@ type frame struct {
 	Edited    string          `json:"edited"`
 	Deleted   bool            `json:"deleted"`
 	Reactions json.RawMessage `json:"reactions"`
+	// Presence, typing and read state (presence.go).
+	Count    int      `json:"count"`
+	Members  []string `json:"members"`
+	Complete *bool    `json:"complete"`
+	Joins    []string `json:"joins"`
+	Leaves   []string `json:"leaves"`
+	Read     *int64   `json:"read"`
+	Unread   *int64   `json:"unread"`
 }
 
 type joinFrame struct {

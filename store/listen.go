@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -31,6 +32,8 @@ type Listener struct {
 	OnNotify func(payload string)
 	// Log gets connection lifecycle events. Nil discards them.
 	Log *slog.Logger
+	// Channel is the channel to LISTEN on; default Channel.
+	Channel string
 	// ReconnectDelay is the base of the exponential backoff (with full
 	// jitter) between attempts; default 250ms, capped at 8 times it: one
 	// connection per instance is cheap to retry, and an instance is not
@@ -123,7 +126,7 @@ func (l *Listener) listen(ctx context.Context, log *slog.Logger, reconnect bool)
 		conn.Close(cctx)
 	}()
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = conn.Exec(lctx, "listen "+pgx.Identifier{Channel}.Sanitize())
+	_, err = conn.Exec(lctx, "listen "+pgx.Identifier{cmp.Or(l.Channel, Channel)}.Sanitize())
 	cancel()
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)

@@ -12,7 +12,7 @@ import (
 // BenchmarkAppendSearchIndex is the search index's cost on the append path:
 // batches of 500 messages over 100 rooms (what the Batcher commits under
 // load), bodies of about 128 bytes of words, with the GIN index of
-// migrations/003 and with it dropped. Run with -count to alternate them
+// migrations/002 and with it dropped. Run with -count to alternate them
 // (docs/performance.md).
 func BenchmarkAppendSearchIndex(b *testing.B) {
 	words := strings.Fields("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu")

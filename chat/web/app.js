@@ -209,6 +209,8 @@ import { Client } from './pgchat-client.js';
     enableComposer();
     autoGrow();
     clearUnread(r);
+    renderPresence(r);
+    markRead(r);
     box.scrollTop = r.scrollTop == null ? box.scrollHeight : r.scrollTop;
     $('#jump').hidden = true;
     renderRoomState();
@@ -227,6 +229,7 @@ import { Client } from './pgchat-client.js';
     saveRooms();
     if (current !== r) return;
     current = null;
+    renderPresence(null);
     const next = rooms.get(names[i + 1] || names[i - 1]);
     if (next) return switchTo(next);
     box.querySelector('.empty').hidden = false;
@@ -425,6 +428,10 @@ import { Client } from './pgchat-client.js';
       case 'error': return onError(f);
       case 'left': return; // rooms are removed locally when the user leaves
       // message frames with a kind (edit, delete, react, unreact) go through onMessage to applyEvent
+      case 'presence': return onPresence(f);
+      case 'presence_diff': return onPresenceDiff(f);
+      case 'typing': return onTyping(f);
+      case 'read': return onReadReceipt(f);
       default: console.warn('pgchat: unknown frame', f);
     }
   }
@@ -481,6 +488,7 @@ import { Client } from './pgchat-client.js';
     if (r.everJoined && f.author !== author && (!cur || document.hidden)) { r.unread++; renderUnread(r); }
     if (cur && (stick || echo)) scrollBottom();
     else if (cur && r.everJoined) $('#jump').hidden = false;
+    afterMessage(r, f);
   }
 
   function onJoined(f) {
@@ -500,6 +508,7 @@ import { Client } from './pgchat-client.js';
     renderRoomState();
     if (first && r === current) { scrollBottom(); fillViewport(r); }
     // The client (re)sends what is waiting now.
+    readStateOnJoined(r, f);
   }
 
   function onAck(f) {
@@ -908,6 +917,168 @@ import { Client } from './pgchat-client.js';
 
   $('#search-form').addEventListener('submit', (e) => { e.preventDefault(); runSearch($('#search').value); });
   $('#search').addEventListener('keydown', (e) => { if (e.key === 'Escape') $('#search-results').hidden = true; });
+  // ---- Presence, typing and read state ---------------------------------------
+
+  const TYPING_SEND_EVERY = 2000; // ms; the server relays at most one per 2 s anyway
+  const TYPING_SHOW_FOR = 4000;   // ms "alice is typing…" stays after her last typing frame
+  const READ_SEND_AFTER = 300;    // ms; read frames are coalesced
+
+  // Per-room state lives in fields added on first use: members (Set),
+  // memberCount, complete, typing (Map author -> timer), reads (Map author ->
+  // seq), readSent (highest seq sent in a read frame), typingSent (ms).
+  function presenceOf(r) {
+    if (!r.members) Object.assign(r, { members: new Set(), memberCount: 0, complete: true, typing: new Map(), reads: new Map(), readSent: 0, readTimer: 0, typingSent: 0 });
+    return r;
+  }
+
+  function onPresence(f) {
+    const r = rooms.get(f.room);
+    if (!r) return;
+    presenceOf(r);
+    r.complete = f.complete !== false;
+    r.members = new Set(r.complete && Array.isArray(f.members) ? f.members.map(String) : []);
+    r.memberCount = Number.isInteger(f.count) ? f.count : r.members.size;
+    if (r === current) renderPresence(r);
+  }
+
+  function onPresenceDiff(f) {
+    const r = rooms.get(f.room);
+    if (!r) return;
+    presenceOf(r);
+    r.complete = f.complete !== false;
+    if (!r.complete) r.members.clear();
+    for (const a of f.joins || []) r.members.add(String(a));
+    for (const a of f.leaves || []) { r.members.delete(String(a)); stopTyping(r, String(a)); }
+    r.memberCount = Number.isInteger(f.count) ? f.count : r.members.size;
+    if (r === current) renderPresence(r);
+  }
+
+  // renderPresence shows the current room's members in #members.
+  function renderPresence(r) {
+    const list = $('#member-list');
+    if (!r) { $('#members-title').textContent = 'Online'; list.replaceChildren(); renderTyping(null); return; }
+    presenceOf(r);
+    $('#members-title').textContent = `Online — ${r.memberCount}`;
+    const items = r.complete ? [...r.members].sort().map((a) => {
+      const li = el('li', a === author ? 'me' : null, a);
+      li.dataset.member = a;
+      return li;
+    }) : [el('li', 'count', `${r.memberCount} people online`)];
+    list.replaceChildren(...items);
+    renderTyping(r);
+  }
+
+  function onTyping(f) {
+    const r = rooms.get(f.room);
+    if (!r || !f.author || f.author === author) return;
+    presenceOf(r);
+    const a = String(f.author);
+    clearTimeout(r.typing.get(a));
+    r.typing.set(a, setTimeout(() => stopTyping(r, a), TYPING_SHOW_FOR));
+    if (r === current) renderTyping(r);
+  }
+
+  function stopTyping(r, a) {
+    if (!r.typing || !r.typing.has(a)) return;
+    clearTimeout(r.typing.get(a));
+    r.typing.delete(a);
+    if (r === current) renderTyping(r);
+  }
+
+  function renderTyping(r) {
+    const who = r && r.typing ? [...r.typing.keys()].sort() : [];
+    $('#typing').textContent = who.length === 0 ? ''
+      : who.length === 1 ? `${who[0]} is typing…`
+      : who.length === 2 ? `${who[0]} and ${who[1]} are typing…`
+      : `${who.length} people are typing…`;
+  }
+
+  composer.addEventListener('input', () => {
+    const r = current;
+    if (!r || !r.joined || !connected || !composer.value.trim()) return;
+    presenceOf(r);
+    if (Date.now() - r.typingSent < TYPING_SEND_EVERY) return;
+    r.typingSent = Date.now();
+    send({ type: 'typing', room: r.name });
+  });
+
+  // markRead tells the server, soon, that the current room is read up to its
+  // newest message, if the reader can see it.
+  function markRead(r) {
+    if (!r || r !== current || document.hidden || !r.joined) return;
+    presenceOf(r);
+    if (r.high <= r.readSent || r.readTimer) return;
+    r.readTimer = setTimeout(() => {
+      r.readTimer = 0;
+      if (r !== current || !connected || !r.joined || r.high <= r.readSent) return;
+      r.readSent = r.high;
+      send({ type: 'read', room: r.name, seq: r.high });
+    }, READ_SEND_AFTER);
+  }
+
+  function readStateOnJoined(r, f) {
+    presenceOf(r);
+    if (Number.isInteger(f.read)) r.readSent = Math.max(r.readSent, f.read);
+    if (Number.isInteger(f.unread)) {
+      r.unread = r === current && !document.hidden ? 0 : f.unread;
+      renderUnread(r);
+    }
+    markRead(r);
+    loadReads(r);
+  }
+
+  // loadReads fetches who has read how far, for "seen by".
+  async function loadReads(r) {
+    try {
+      const res = await fetch(`/api/rooms/${encodeURIComponent(r.name)}/reads`, { headers: token ? { Authorization: 'Bearer ' + token } : {} });
+      if (!res.ok) return;
+      const data = await res.json();
+      for (const x of Array.isArray(data.reads) ? data.reads : []) {
+        if (typeof x.author === 'string' && Number.isInteger(x.seq)) r.reads.set(x.author, Math.max(r.reads.get(x.author) || 0, x.seq));
+      }
+      renderSeen(r);
+    } catch { /* "seen by" is a nicety: no notice */ }
+  }
+
+  function afterMessage(r, f) {
+    presenceOf(r);
+    stopTyping(r, String(f.author));
+    markRead(r);
+    if (f.author === author) renderSeen(r);
+  }
+
+  function onReadReceipt(f) {
+    const r = rooms.get(f.room);
+    if (!r || !Number.isInteger(f.seq) || !f.author) return;
+    presenceOf(r);
+    const a = String(f.author);
+    r.reads.set(a, Math.max(r.reads.get(a) || 0, f.seq));
+    if (a === author) {
+      // Read on another device (or this one): unread is what came after it.
+      r.readSent = Math.max(r.readSent, f.seq);
+      let n = 0;
+      for (const m of r.msgs.values()) if (m.seq > f.seq && m.author !== author) n++;
+      if (n < r.unread || f.seq >= r.high) { r.unread = n; renderUnread(r); }
+    }
+    renderSeen(r);
+  }
+
+  // renderSeen puts "Seen by N" under the reader's own newest message: N
+  // others have read up to it.
+  function renderSeen(r) {
+    r.list.querySelector('.seen')?.remove();
+    let mine = null;
+    for (const m of r.msgs.values()) if (m.author === author && (!mine || m.seq > mine.seq)) mine = m;
+    if (!mine) return;
+    let n = 0;
+    for (const [a, seq] of r.reads) if (a !== author && seq >= mine.seq) n++;
+    if (!n) return;
+    const li = r.list.querySelector(`li.msg[data-seq="${mine.seq}"]`);
+    if (li) li.append(el('div', 'seen', `Seen by ${n}`));
+  }
+
+  box.addEventListener('scroll', () => { if (current && atBottom()) markRead(current); });
+  document.addEventListener('visibilitychange', () => { if (!document.hidden && current) markRead(current); });
 
   // ---- Test hook -------------------------------------------------------------
 
@@ -932,6 +1103,12 @@ import { Client } from './pgchat-client.js';
     send(body, room) { return sendBody(String(body), room || (current && current.name)); },
     join(room) { if (ROOM_RE.test(room)) switchTo(addRoom(room)); },
     leave(room) { leaveRoom(rooms.get(room)); },
+    presence(room) {
+      const r = rooms.get(room);
+      if (!r) return null;
+      presenceOf(r);
+      return { members: [...r.members].sort(), count: r.memberCount, complete: r.complete, typing: [...r.typing.keys()].sort(), reads: Object.fromEntries(r.reads), readSent: r.readSent };
+    },
     drop() { if (client) client.reconnect(); }, // simulate a network failure; the page reconnects
     // The states of a room's messages (History section), for tests.
     states(room) {
