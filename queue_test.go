@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -77,7 +76,7 @@ func TestQueueHealthReportsOnce(t *testing.T) {
 }
 
 // freezeProxy forwards TCP to target; freeze stops, without closing them,
-// the server-to-client bytes of the connections open at that moment.
+// the server-to-client bytes of the LISTEN connections open at that moment.
 type freezeProxy struct {
 	ln     net.Listener
 	target string
@@ -88,8 +87,9 @@ type freezeProxy struct {
 }
 
 type frozenFlag struct {
-	mu     sync.Mutex
-	frozen bool
+	mu       sync.Mutex
+	frozen   bool
+	listener bool // the client sent a LISTEN on this connection
 }
 
 func startFreezeProxy(t *testing.T, target string) *freezeProxy {
@@ -124,7 +124,27 @@ func startFreezeProxy(t *testing.T, target string) *freezeProxy {
 			p.mu.Lock()
 			p.conns = append(p.conns, flag)
 			p.mu.Unlock()
-			wg.Go(func() { io.Copy(up, c); up.Close(); c.Close() })
+			wg.Go(func() {
+				defer c.Close()
+				defer up.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := c.Read(buf)
+					if n > 0 {
+						if bytes.Contains(bytes.ToLower(buf[:n]), []byte("listen ")) {
+							flag.mu.Lock()
+							flag.listener = true
+							flag.mu.Unlock()
+						}
+						if _, werr := up.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			})
 			wg.Go(func() {
 				defer c.Close()
 				defer up.Close()
@@ -161,7 +181,7 @@ func (p *freezeProxy) freeze() {
 	defer p.mu.Unlock()
 	for _, f := range p.conns {
 		f.mu.Lock()
-		f.frozen = true
+		f.frozen = f.listener // the writer's connections go on
 		f.mu.Unlock()
 	}
 }

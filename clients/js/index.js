@@ -115,7 +115,7 @@ export class Client {
   _addRoom(name, since) {
     let st = this._rooms.get(name);
     if (st) return st;
-    st = { last: 0, started: false, live: false, failed: false };
+    st = { last: 0, started: false, live: false, failed: false, states: false };
     if (Number.isInteger(since) && since >= 0) { st.last = since; st.started = true; }
     this._rooms.set(name, st);
     return st;
@@ -299,6 +299,9 @@ export class Client {
   _sendJoin(room, st) {
     const j = { type: 'join', room };
     if (st.started) j.since = st.last;
+    // A join without since replays the messages' current states, which skip
+    // the seqs of events (edits, deletes, reactions): gaps there are expected.
+    st.states = !st.started;
     this._ws.send(JSON.stringify(j));
   }
 
@@ -307,7 +310,7 @@ export class Client {
     const st = this._rooms.get(f.room);
     if (!st || !Number.isInteger(f.seq)) return false;
     if (st.started && f.seq <= st.last) return false; // replay overlap or duplicate
-    if (st.started && f.seq !== st.last + 1) {
+    if (st.started && f.seq !== st.last + 1 && !st.states) {
       if (st.live) {
         // A live gap: reconnect, and the join with since fills it.
         this._drop(ws, 4000, 'gap');
@@ -326,6 +329,7 @@ export class Client {
     if (!st) return false;
     const head = Number.isInteger(f.seq) ? f.seq : st.last;
     if (f.recovered === false && head < st.last) st.last = head; // the server lost history: follow it
+    if (st.states) { st.last = Math.max(st.last, head); st.states = false; } // the states replayed are as of the head
     if (!st.started) st.last = head;
     else if (head > st.last) { this._drop(ws, 4000, 'replay ended short of the head'); return false; }
     st.started = true;
