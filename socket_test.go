@@ -289,19 +289,21 @@ func TestKeepalive(t *testing.T) {
 	}
 }
 
-// TestShutdownWithAStuckHistoryClient: a history client that never reads
-// its answer does not keep the WebSockets from their 1001 at shutdown.
+// TestShutdownWithAStuckHistoryClient: history clients that never read
+// their answers hold the address's history slots, and do not keep the
+// WebSockets from their 1001 at shutdown.
 func TestShutdownWithAStuckHistoryClient(t *testing.T) {
 	t.Parallel()
 	db := newDB(t)
-	a := startInstance(t, testEnv(db, "app-1", "SHUTDOWN_TIMEOUT=3s", "WRITE_TIMEOUT=60s", "MAX_MESSAGE_BYTES=4096"))
+	a := startInstance(t, testEnv(db, "app-1", "SHUTDOWN_TIMEOUT=3s", "WRITE_TIMEOUT=60s", "MAX_MESSAGE_BYTES=65536"))
 	c := dial(t, a.URL, name("alice"))
 	c.join("big")
-	body := strings.Repeat("é", 2000) // 4 KB, 12 KB JSON-escaped at most
-	for i := range 200 {
+	// Pages of 6 MB: more than the socket buffers hold (4 MB at most here).
+	body := strings.Repeat("x", 60000)
+	for i := range 100 {
 		c.send("big", body, fmt.Sprint("b", i))
 	}
-	for range 200 {
+	for range 100 {
 		c.nextOf("ack")
 	}
 	// Many history clients ask for the largest page and never read it: more
@@ -320,6 +322,16 @@ func TestShutdownWithAStuckHistoryClient(t *testing.T) {
 		if _, err := nc.Read(b[:]); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// They are stuck writing: a ninth request from the same address is
+	// refused until one of them is done.
+	resp, err := http.Get(a.URL + "/api/rooms/big/messages?limit=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("a ninth history request got %s (Retry-After %q), want 429 with Retry-After", resp.Status, resp.Header.Get("Retry-After"))
 	}
 	stopped := make(chan error, 1)
 	go func() { stopped <- a.stop() }()
