@@ -77,7 +77,9 @@ func TestQueueHealthReportsOnce(t *testing.T) {
 }
 
 // freezeProxy forwards TCP to target; freeze stops, without closing them,
-// the server-to-client bytes of the connections open at that moment.
+// the server-to-client bytes of the listener connections (application_name
+// "pgchat ... listener" in their startup message, sent in the clear with
+// sslmode=disable) open at that moment.
 type freezeProxy struct {
 	ln     net.Listener
 	target string
@@ -88,8 +90,9 @@ type freezeProxy struct {
 }
 
 type frozenFlag struct {
-	mu     sync.Mutex
-	frozen bool
+	mu       sync.Mutex
+	frozen   bool
+	listener bool
 }
 
 func startFreezeProxy(t *testing.T, target string) *freezeProxy {
@@ -124,7 +127,19 @@ func startFreezeProxy(t *testing.T, target string) *freezeProxy {
 			p.mu.Lock()
 			p.conns = append(p.conns, flag)
 			p.mu.Unlock()
-			wg.Go(func() { io.Copy(up, c); up.Close(); c.Close() })
+			wg.Go(func() {
+				defer c.Close()
+				defer up.Close()
+				buf := make([]byte, 32<<10)
+				n, err := c.Read(buf)
+				flag.mu.Lock()
+				flag.listener = bytes.Contains(buf[:n], []byte(" listener"))
+				flag.mu.Unlock()
+				if _, werr := up.Write(buf[:n]); err != nil || werr != nil {
+					return
+				}
+				io.Copy(up, c)
+			})
 			wg.Go(func() {
 				defer c.Close()
 				defer up.Close()
@@ -161,7 +176,7 @@ func (p *freezeProxy) freeze() {
 	defer p.mu.Unlock()
 	for _, f := range p.conns {
 		f.mu.Lock()
-		f.frozen = true
+		f.frozen = f.listener
 		f.mu.Unlock()
 	}
 }
