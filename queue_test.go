@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -76,7 +77,9 @@ func TestQueueHealthReportsOnce(t *testing.T) {
 }
 
 // freezeProxy forwards TCP to target; freeze stops, without closing them,
-// the server-to-client bytes of the LISTEN connections open at that moment.
+// the server-to-client bytes of the listener connections (application_name
+// "pgchat ... listener" in their startup message, sent in the clear with
+// sslmode=disable) open at that moment.
 type freezeProxy struct {
 	ln     net.Listener
 	target string
@@ -89,7 +92,7 @@ type freezeProxy struct {
 type frozenFlag struct {
 	mu       sync.Mutex
 	frozen   bool
-	listener bool // the client sent a LISTEN on this connection
+	listener bool
 }
 
 func startFreezeProxy(t *testing.T, target string) *freezeProxy {
@@ -128,22 +131,14 @@ func startFreezeProxy(t *testing.T, target string) *freezeProxy {
 				defer c.Close()
 				defer up.Close()
 				buf := make([]byte, 32<<10)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 {
-						if bytes.Contains(bytes.ToLower(buf[:n]), []byte("listen ")) {
-							flag.mu.Lock()
-							flag.listener = true
-							flag.mu.Unlock()
-						}
-						if _, werr := up.Write(buf[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
+				n, err := c.Read(buf)
+				flag.mu.Lock()
+				flag.listener = bytes.Contains(buf[:n], []byte(" listener"))
+				flag.mu.Unlock()
+				if _, werr := up.Write(buf[:n]); err != nil || werr != nil {
+					return
 				}
+				io.Copy(up, c)
 			})
 			wg.Go(func() {
 				defer c.Close()
@@ -181,7 +176,7 @@ func (p *freezeProxy) freeze() {
 	defer p.mu.Unlock()
 	for _, f := range p.conns {
 		f.mu.Lock()
-		f.frozen = f.listener // the writer's connections go on
+		f.frozen = f.listener
 		f.mu.Unlock()
 	}
 }
