@@ -163,8 +163,6 @@ func TestBrowserFailover(t *testing.T) {
 			aURL, away := tc.start(t, db)
 			b := startInstance(t, testEnv(db, "app-2"))
 			lb := startFailover(t, aURL, b.URL)
-			bob := dial(t, b.URL, name("bob"))
-			bob.join("general")
 
 			browser := newBrowser(t)
 			p := openTab(t, browser, "alice's page", pageURL(lb.URL, "alice", "general"))
@@ -172,6 +170,12 @@ func TestBrowserFailover(t *testing.T) {
 			if s := p.state(); s.Instance != "app-1" {
 				t.Fatalf("page landed on %q, want app-1 (the proxy's first choice)", s.Instance)
 			}
+			// bob connects once the page is up: his connection is only read
+			// in post, so it answers no keepalive ping meanwhile, and a
+			// browser slow to start (a loaded machine) would outlast
+			// PING_INTERVAL + WRITE_TIMEOUT and get him dropped.
+			bob := dial(t, b.URL, name("bob"))
+			bob.join("general")
 			var want []string
 			say := func(body string) {
 				eval[string](p, fmt.Sprintf(`window.pgchat.send(%s)`, js(body)))

@@ -576,16 +576,6 @@ func (p *presence) deliver(payload string) {
 	}
 }
 
-// addReceipts queues read receipts for the rooms' next diff. Call with
-// p.mu held.
-func (p *presence) addReceipts(reads []store.ReadCursor) {
-	for _, rc := range reads {
-		if r := p.rooms[rc.Room]; r != nil && len(r.conns) > 0 {
-			r.receipts[rc.Author] = max(r.receipts[rc.Author], rc.Seq)
-		}
-	}
-}
-
 // reload replaces the view of the other instances' members with the
 // table's. The presence listener calls it once LISTEN is live after each
 // (re)connect: notifications sent while it was away are lost, and those
@@ -628,136 +618,6 @@ func (p *presence) reload(ctx context.Context) {
 	}
 }
 
-// relayTyping queues a typing frame for the room's local connections other
-// than the author's, unless one was relayed for the author in the room
-// less than typingWindow ago. Local events are also announced to the other
-// instances. Both happen within typingFlushDelay, in batches: a connection
-// gets the room's typing frames of the last 50 ms together, which saves a
-// writer wake-up per frame in a busy room.
-func (p *presence) relayTyping(room, author string, local bool) {
-	now := time.Now()
-	ra := roomAuthor{room, author}
-	window := typingWindow
-	if !local {
-		window -= typingJitter
-	}
-	p.mu.Lock()
-	if last, ok := p.typingLast[ra]; ok && now.Sub(last) < window {
-		p.mu.Unlock()
-		p.metrics.TypingDropped()
-		return
-	}
-	p.typingLast[ra] = now
-	if r := p.rooms[room]; r != nil && len(r.conns) > 0 {
-		p.typingRelay[room] = append(p.typingRelay[room], author)
-	}
-	if local {
-		p.typingOut = append(p.typingOut, store.Typing{Room: room, Author: author})
-	}
-	p.mu.Unlock()
-	select {
-	case p.typed <- struct{}{}:
-	default:
-	}
-}
-
-// deliverTyping sends the typing frames queued by relayTyping.
-func (p *presence) deliverTyping() {
-	var out []outgoing
-	p.mu.Lock()
-	for room, authors := range p.typingRelay {
-		r := p.rooms[room]
-		if r == nil {
-			continue
-		}
-		frames := make([][]byte, len(authors))
-		for i, a := range authors {
-			frames[i] = encode(typingFrame{Type: TypeTyping, Room: room, Author: a})
-		}
-		for c := range r.conns {
-			for i, a := range authors {
-				if a != c.author {
-					out = append(out, outgoing{c, frames[i]})
-				}
-			}
-		}
-	}
-	clear(p.typingRelay)
-	p.mu.Unlock()
-	for _, o := range out {
-		o.c.send(o.frame)
-	}
-	p.metrics.TypingRelayed(len(out))
-}
-
-func (p *presence) flushTyping(ctx context.Context) {
-	p.mu.Lock()
-	events := p.typingOut
-	p.typingOut = nil
-	p.mu.Unlock()
-	if len(events) == 0 {
-		return
-	}
-	qctx, cancel := p.dbCtx(ctx)
-	defer cancel()
-	if err := p.db.NotifyTyping(qctx, p.session.ID, events); err != nil && ctx.Err() == nil {
-		p.log.Warn("announcing typing (dropped)", "err", err, "events", len(events))
-	}
-}
-
-// queueRead records that author has read room up to seq; it is written at
-// the next interval.
-func (p *presence) queueRead(room, author string, seq int64) {
-	ra := roomAuthor{room, author}
-	p.mu.Lock()
-	p.readsOut[ra] = max(p.readsOut[ra], seq)
-	p.mu.Unlock()
-}
-
-func (p *presence) flushReads(ctx context.Context) {
-	p.mu.Lock()
-	if len(p.readsOut) == 0 {
-		p.mu.Unlock()
-		return
-	}
-	reads := make([]store.ReadCursor, 0, len(p.readsOut))
-	for ra, seq := range p.readsOut {
-		reads = append(reads, store.ReadCursor{Room: ra.room, Author: ra.author, Seq: seq})
-	}
-	clear(p.readsOut)
-	p.mu.Unlock()
-	qctx, cancel := p.dbCtx(ctx)
-	moved, err := p.db.WriteReads(qctx, p.session.ID, reads)
-	cancel()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err != nil {
-		if ctx.Err() == nil {
-			p.log.Warn("writing read cursors, retrying", "err", err)
-		}
-		for _, rc := range reads {
-			ra := roomAuthor{rc.Room, rc.Author}
-			p.readsOut[ra] = max(p.readsOut[ra], rc.Seq)
-		}
-		return
-	}
-	p.addReceipts(moved)
-	p.metrics.ReadCursorsWritten(len(moved))
-}
-
-// readState returns author's read cursor in room and the unread count up
-// to head, for the joined frame. A cursor received but not written yet
-// counts.
-func (p *presence) readState(ctx context.Context, room, author string, head int64) (read, unread int64, err error) {
-	if p.db == nil {
-		return 0, 0, nil
-	}
-	p.mu.Lock()
-	pending := p.readsOut[roomAuthor{room, author}]
-	p.mu.Unlock()
-	return p.db.ReadState(ctx, room, author, pending, head, maxUnread)
-}
-
 // view returns the room's count and, if within the list limit, its sorted
 // members.
 func (p *presence) view(room string) (count int, members []string, complete bool) {
@@ -771,26 +631,6 @@ func (p *presence) view(room string) (count int, members []string, complete bool
 		return r.count, nil, false
 	}
 	return r.count, r.members(), true
-}
-
-// Connection side.
-
-// typing handles a client's "typing" frame: relayed, never acked.
-func (c *client) typing(f Frame) {
-	if !c.joined[f.Room] {
-		c.sendError(f.Ref, f.Room, errorf(CodeNotJoined, "join %s before typing in it", f.Room))
-		return
-	}
-	c.hub.presence.relayTyping(f.Room, c.author, true)
-}
-
-// markRead handles a client's "read" frame.
-func (c *client) markRead(f Frame) {
-	if !c.joined[f.Room] {
-		c.sendError(f.Ref, f.Room, errorf(CodeNotJoined, "join %s before marking it read", f.Room))
-		return
-	}
-	c.hub.presence.queueRead(f.Room, c.author, f.Seq)
 }
 
 // DeliverPresence hands the hub one PresenceChannel payload.
@@ -823,17 +663,4 @@ type presenceCountFrame struct {
 	Room     string `json:"room"`
 	Count    int    `json:"count"`
 	Complete *bool  `json:"complete"`
-}
-
-type typingFrame struct {
-	Type   string `json:"type"`
-	Room   string `json:"room"`
-	Author string `json:"author"`
-}
-
-type readFrame struct {
-	Type   string `json:"type"`
-	Room   string `json:"room"`
-	Author string `json:"author"`
-	Seq    int64  `json:"seq"`
 }
