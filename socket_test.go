@@ -295,7 +295,10 @@ func TestKeepalive(t *testing.T) {
 func TestShutdownWithAStuckHistoryClient(t *testing.T) {
 	t.Parallel()
 	db := newDB(t)
-	a := startInstance(t, testEnv(db, "app-1", "SHUTDOWN_TIMEOUT=3s", "WRITE_TIMEOUT=60s", "MAX_MESSAGE_BYTES=65536"))
+	// SEND_BUFFER_BYTES holds alice's own 6 MB echo, however slowly a
+	// loaded machine lets her read it: this test is about the history
+	// clients, not about slow consumers.
+	a := startInstance(t, testEnv(db, "app-1", "SHUTDOWN_TIMEOUT=3s", "WRITE_TIMEOUT=60s", "MAX_MESSAGE_BYTES=65536", "SEND_BUFFER_BYTES=16777216"))
 	c := dial(t, a.URL, name("alice"))
 	c.join("big")
 	// Pages of 6 MB: more than the socket buffers hold (4 MB at most here).
