@@ -44,6 +44,7 @@ func TestBrowserEditDeleteReactSearch(t *testing.T) {
 	}
 
 	// Edit with the keyboard: focus the Edit button, Enter, type, Enter.
+	alice.waitFor("her message numbered", "!!"+msgLine("general", seq)+`?.querySelector('.act.edit')`)
 	alice.do(chromedp.Evaluate[chromedp.Void](msgLine("general", seq)+`.querySelector('.act.edit').focus()`), pressEnter())
 	alice.waitFor("the edit field", `document.activeElement && document.activeElement.classList.contains('edit-field')`)
 	alice.do(chromedp.Evaluate[chromedp.Void](`document.activeElement.select()`), chromedp.KeyEvent("hello world"), pressEnter())
@@ -61,6 +62,7 @@ func TestBrowserEditDeleteReactSearch(t *testing.T) {
 	alice.waitFor("the reaction gone", msgLine("general", seq)+` && !`+msgLine("general", seq)+`.querySelector('.reaction')`)
 
 	// Delete with the keyboard: Enter twice (the second confirms).
+	alice.waitFor("the delete button", "!!"+msgLine("general", seq)+`?.querySelector('.act.delete')`)
 	alice.do(chromedp.Evaluate[chromedp.Void](msgLine("general", seq)+`.querySelector('.act.delete').focus()`), pressEnter(), pressEnter())
 	for _, p := range []*tab{alice, bob} {
 		p.waitFor("the placeholder", msgLine("general", seq)+`?.classList.contains('deleted') && `+msgLine("general", seq)+`.querySelector('.body').textContent === 'This message was deleted.'`)

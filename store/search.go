@@ -61,10 +61,36 @@ type SearchQuery struct {
 // without words (only operators, say) matches nothing. Messages are found
 // once the Indexer has seen them, normally within a second.
 func (db *DB) Search(ctx context.Context, q SearchQuery) ([]Hit, error) {
-	before := q.Before
-	if before <= 0 {
-		before = 1<<63 - 1
+	if len(q.Rooms) != 1 {
+		return db.searchRange(ctx, q, 0, 1<<63-1, q.Limit)
 	}
+	// One room, newest first: search windows of seqs going back, each 8
+	// times the last, until enough is found. A common word is found in
+	// the first window, without reading its every match to sort them; a
+	// rare one costs a few cheap index scans.
+	hi := q.Before
+	if hi <= 0 {
+		heads, err := db.Heads(ctx, q.Rooms)
+		if err != nil {
+			return nil, fmt.Errorf("search: %w", err)
+		}
+		hi = heads[q.Rooms[0]] + 1
+	}
+	var hits []Hit
+	for w := int64(4096); hi > 1 && len(hits) < q.Limit; w *= 8 {
+		lo := max(0, hi-w)
+		more, err := db.searchRange(ctx, q, lo, hi, q.Limit-len(hits))
+		if err != nil {
+			return nil, err
+		}
+		hits = append(hits, more...)
+		hi = lo + 1
+	}
+	return hits, nil
+}
+
+// searchRange returns the matches with after < seq < before.
+func (db *DB) searchRange(ctx context.Context, q SearchQuery, after, before int64, limit int) ([]Hit, error) {
 	order := "m.created_at desc, m.room, m.seq desc"
 	if len(q.Rooms) == 1 {
 		order = "m.seq desc"
@@ -79,13 +105,13 @@ func (db *DB) Search(ctx context.Context, q SearchQuery) ([]Hit, error) {
 			select m.*
 			from message_search s
 			join messages m on m.room = s.room and m.seq = s.seq, q
-			where s.room = any($1) and s.seq < $3 and s.tsv @@ q.q
+			where s.room = any($1) and s.seq > $5 and s.seq < $3 and s.tsv @@ q.q
 			  and m.kind is null and m.deleted_at is null
 			order by `+order+`
 			limit $4
 		) m, q
 		order by `+order,
-		q.Rooms, q.Text, before, q.Limit)
+		q.Rooms, q.Text, before, limit, after)
 	if err != nil {
 		return nil, fmt.Errorf("search: %w", err)
 	}

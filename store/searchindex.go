@@ -11,8 +11,8 @@ import (
 // a GIN index maintained by every append made durable ingest much slower
 // (docs/performance.md), so appends only store messages and the Indexer
 // adds their tsvectors shortly after, in batches. Every instance runs one;
-// an advisory lock lets one of them work at a time. While it is behind it
-// works an eighth of the time: under a sustained load the index lags (a
+// an advisory lock lets one of them work at a time. It works at
+// most an eighth of the time: under a sustained load the index lags (a
 // message is found once it is indexed) rather than slowing appends.
 //
 // Set the fields before calling Run and do not change them after.
@@ -42,12 +42,12 @@ func (ix *Indexer) Run(ctx context.Context) {
 		if err != nil && ctx.Err() == nil {
 			log.Warn("search indexer", "err", err)
 		}
-		pause := interval
-		if more && err == nil {
-			// Behind: carry on, but leave the database seven eighths of
-			// the time, so that a backlog (a burst, or an upgrade's
-			// backfill) slows ingest by little and is caught up later.
-			pause = 7 * time.Since(start)
+		// Leave the database seven eighths of the time, behind or not, so
+		// that indexing slows ingest by little; a backlog (a burst, an
+		// upgrade's backfill) is caught up later.
+		pause := 7 * time.Since(start)
+		if !more || err != nil {
+			pause = max(pause, interval)
 		}
 		select {
 		case <-ctx.Done():
