@@ -118,14 +118,17 @@ func (s *server) serveHistory(w http.ResponseWriter, r *http.Request) {
 		}
 		before = n
 	}
+	// The instance's history slot bounds the reads from the database, not
+	// the answers: a client that never reads its answer holds only its own
+	// address's slot above.
 	if !s.hub.history.tryAcquire() {
 		historyBusy(w)
 		return
 	}
-	defer s.hub.history.release()
 	ctx, cancel := context.WithTimeout(r.Context(), s.hub.opts.WriteTimeout)
-	defer cancel()
 	p, err := s.hub.db.History(ctx, room, before, limit)
+	cancel()
+	s.hub.history.release()
 	if err != nil {
 		s.hub.log.Error("history", "room", room, "err", err)
 		writeJSONError(w, http.StatusServiceUnavailable, err)
