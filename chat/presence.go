@@ -586,11 +586,16 @@ func (p *presence) reload(ctx context.Context) {
 	}
 	var rows []store.PresenceRow
 	var err error
-	for delay := 100 * time.Millisecond; ; delay *= 2 {
+	// Retry for a while: right after a database restart a pooler may
+	// refuse logins for some seconds (PgBouncer's server_login_retry is
+	// 15 s by default), and until the load succeeds other instances'
+	// members are missing here.
+	giveUp := time.Now().Add(30 * time.Second)
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
 		qctx, cancel := p.dbCtx(ctx)
 		rows, err = p.db.LoadPresence(qctx)
 		cancel()
-		if err == nil || ctx.Err() != nil || delay > 2*time.Second {
+		if err == nil || ctx.Err() != nil || time.Now().After(giveUp) {
 			break
 		}
 		select {
