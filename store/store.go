@@ -197,28 +197,6 @@ func (db *DB) Recent(ctx context.Context, room string, after int64, limit int) (
 	return head, msgs, nil
 }
 
-// Before returns the room's head and up to limit of its messages with
-// seq < before, newest of those last (oldest first). before <= 0 means the
-// newest messages.
-func (db *DB) Before(ctx context.Context, room string, before int64, limit int) (head int64, msgs []Message, err error) {
-	if before <= 0 {
-		return db.Recent(ctx, room, 0, limit)
-	}
-	heads, err := db.Heads(ctx, []string{room})
-	if err != nil {
-		return 0, nil, err
-	}
-	// Past the head there is nothing to skip: the newest messages are the
-	// ones before head+1.
-	before = min(before, heads[room]+1)
-	from := max(before-int64(limit)-1, 0)
-	msgs, err = db.Since(ctx, room, from, int(before-1-from))
-	if err != nil {
-		return 0, nil, err
-	}
-	return heads[room], msgs, nil
-}
-
 // Heads returns the head seq of each named room that exists.
 func (db *DB) Heads(ctx context.Context, rooms []string) (map[string]int64, error) {
 	rows, err := db.pool.Query(ctx, `select name, last_seq from rooms where name = any($1)`, rooms)

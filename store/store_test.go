@@ -538,14 +538,14 @@ func TestReads(t *testing.T) {
 		{"unknown", 0, 5, span(1, 0)},
 		{"unknown", 5, 5, span(1, 0)},
 	} {
-		call := fmt.Sprintf("Before(%q, %d, %d)", tc.room, tc.before, tc.limit)
-		head, msgs, err := db.Before(ctx, tc.room, tc.before, tc.limit)
+		call := fmt.Sprintf("History(%q, %d, %d)", tc.room, tc.before, tc.limit)
+		p, err := db.History(ctx, tc.room, tc.before, tc.limit)
 		if err != nil {
 			t.Fatalf("%s: %v", call, err)
 		}
-		check(call, msgs, tc.want)
-		if want := map[string]int64{"r": 10}[tc.room]; head != want {
-			t.Errorf("%s head = %d, want %d", call, head, want)
+		check(call, p.Messages, tc.want)
+		if want := map[string]int64{"r": 10}[tc.room]; p.Head != want {
+			t.Errorf("%s head = %d, want %d", call, p.Head, want)
 		}
 	}
 
