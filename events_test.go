@@ -37,21 +37,11 @@ func (c *wsClient) nextEv() evFrame {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(c.t.Context(), 10*time.Second)
 	defer cancel()
-	for {
-		typ, data, err := c.conn.Read(ctx)
-		if err != nil || typ != websocket.MessageText {
-			c.t.Fatalf("read: %v", err)
-		}
-		var f evFrame
-		if err := json.Unmarshal(data, &f); err != nil {
-			c.t.Fatalf("frame %s: %v", data, err)
-		}
-		switch f.Type {
-		case "presence", "presence_diff", "typing", "read": // presence_test.go tests these
-			continue
-		}
-		return f
+	var f evFrame
+	if err := readFrameInto(ctx, c.conn, &f); err != nil {
+		c.t.Fatalf("read: %v", err)
 	}
+	return f
 }
 
 // joinEv joins room (with since if given) and returns the replay.

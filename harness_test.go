@@ -145,9 +145,17 @@ func tryDial(ctx context.Context, base string, query url.Values) (*wsClient, err
 	return c, nil
 }
 
-// readFrame reads the next frame, skipping presence, typing and read
-// receipts (presence_test.go reads those with pnext).
+// readFrame reads the next frame into f (zeroed first), skipping what
+// readFrameInto skips.
 func readFrame(ctx context.Context, conn *websocket.Conn, f *frame) error {
+	*f = frame{}
+	return readFrameInto(ctx, conn, f)
+}
+
+// readFrameInto decodes the next server frame into v, skipping presence,
+// typing and read frames, which arrive at any time after a join
+// (presence_test.go tests them).
+func readFrameInto(ctx context.Context, conn *websocket.Conn, v any) error {
 	for {
 		typ, data, err := conn.Read(ctx)
 		if err != nil {
@@ -156,15 +164,15 @@ func readFrame(ctx context.Context, conn *websocket.Conn, f *frame) error {
 		if typ != websocket.MessageText {
 			return fmt.Errorf("got a binary frame")
 		}
-		*f = frame{}
-		if err := json.Unmarshal(data, f); err != nil {
+		var head struct{ Type string }
+		if err := json.Unmarshal(data, &head); err != nil {
 			return err
 		}
-		switch f.Type {
+		switch head.Type {
 		case "presence", "presence_diff", "typing", "read":
 			continue
 		}
-		return nil
+		return json.Unmarshal(data, v)
 	}
 }
 
