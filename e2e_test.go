@@ -73,41 +73,19 @@ func startTopologyOver(t *testing.T, db string, n int, extra map[int][]string) *
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "-db", "-f", path)
-	var out lockedBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		<-exited
-		if t.Failed() {
-			t.Logf("haproxy's log:\n%s", out.String())
-		}
-	})
 	tp.lb = fmt.Sprintf("http://127.0.0.1:%d", front)
 	tp.stats = fmt.Sprintf("http://127.0.0.1:%d/;csv", stats)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	startDaemon(t, "haproxy", exec.Command(bin, "-db", "-f", path), syscall.SIGTERM, 20*time.Second, func() error {
 		resp, err := http.Get(tp.lb + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
+		if err != nil {
+			return err
 		}
-		select {
-		case err := <-exited:
-			t.Fatalf("haproxy exited: %v\n%s", err, out.String())
-		case <-time.After(20 * time.Millisecond):
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/readyz: %s", resp.Status)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("haproxy never answered: %v\n%s", err, out.String())
-		}
-	}
+		return nil
+	})
 	return tp
 }
 
@@ -549,5 +527,43 @@ func TestE2EUnreadyInstanceGetsNoConnections(t *testing.T) {
 	c := dial(t, tp.lb, name("after")) // leastconn: the empty app-3 is the least loaded
 	if c.welcome.Instance != "app-3" {
 		t.Errorf("a new connection after app-3 came back landed on %s, want app-3 (fewest connections)", c.welcome.Instance)
+	}
+}
+
+// startDaemon starts cmd in the foreground with its output captured and
+// waits until ready answers nil (failing the test if the process exits
+// first, or after timeout). At the test's end it stops the process with sig
+// and waits for it; the output is logged if the test failed.
+func startDaemon(t *testing.T, name string, cmd *exec.Cmd, sig os.Signal, timeout time.Duration, ready func() error) {
+	t.Helper()
+	var out lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(sig)
+		<-exited
+		if t.Failed() {
+			t.Logf("%s's log:\n%s", name, out.String())
+		}
+	})
+	deadline := time.Now().Add(timeout)
+	for {
+		err := ready()
+		if err == nil {
+			return
+		}
+		select {
+		case <-exited:
+			t.Fatalf("%s exited: %v", name, waitErr)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not ready after %s: %v", name, timeout, err)
+		}
 	}
 }

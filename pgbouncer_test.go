@@ -87,37 +87,14 @@ pidfile = %s
 	}
 	cmd := exec.Command(bin, path)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	var out lockedBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGINT)
-		<-exited
-		if t.Failed() {
-			t.Logf("pgbouncer's log:\n%s", out.String())
-		}
-	})
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	startDaemon(t, "pgbouncer", cmd, syscall.SIGINT, 10*time.Second, func() error {
 		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			break
+		if err != nil {
+			return err
 		}
-		select {
-		case err := <-exited:
-			t.Fatalf("pgbouncer exited: %v\n%s", err, out.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pgbouncer does not listen on %s: %v\n%s", addr, err, out.String())
-		}
-	}
+		return c.Close()
+	})
 	pooled := *u
 	pooled.Host = addr
 	return pooled.String()
