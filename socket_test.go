@@ -284,7 +284,11 @@ func TestKeepalive(t *testing.T) {
 	t.Logf("slow reader resumed %d rooms, %d messages, in %v", rooms, messages, time.Since(start))
 	slow.conn.Close(websocket.StatusNormalClosure, "")
 	<-dropped
-	if got := scrape(t, a.URL)[`pgchat_disconnects_total{cause="keepalive"}`]; got != 1 {
+	// The end is counted in Closed, once both sides are done: just after
+	// the socket closes, so wait for the counter to move, then check it.
+	series := `pgchat_disconnects_total{cause="keepalive"}`
+	waitMetric(t, a.URL, series, func(v float64) bool { return v >= 1 })
+	if got := scrape(t, a.URL)[series]; got != 1 {
 		t.Errorf("keepalive disconnects = %v, want 1", got)
 	}
 }
