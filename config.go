@@ -76,6 +76,7 @@ type Config struct {
 	AllowedOrigins []string   `env:"ALLOWED_ORIGINS" envSeparator:"," help:"extra browser origins (host patterns like chat.example.com or *.example.com) allowed to open /ws; the page's own host is always allowed"`
 	LogLevel       slog.Level `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat      string     `env:"LOG_FORMAT" envDefault:"text" help:"text or json"`
+	PprofAddr      string     `env:"PPROF_ADDR" help:"serve Go's profiles (/debug/pprof/) on this address, such as 127.0.0.1:6060, and record blocking and lock contention; unset: off (never expose it publicly)"`
 
 	// pooled is set when LISTEN_DATABASE_URL differs from DATABASE_URL,
 	// which says DATABASE_URL goes through a transaction-mode pooler.

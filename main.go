@@ -267,7 +267,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 			listener.Expect(time.Now().Add(-took)) // its notification must come back
 		}
 	}
-	batcher := store.NewBatcher(db, store.BatcherOptions{MaxBatch: cfg.BatchSize, Timeout: cfg.WriteTimeout, Log: log, OnCommit: onCommit})
+	batcher := store.NewBatcher(db, store.BatcherOptions{MaxBatch: cfg.BatchSize, Timeout: cfg.WriteTimeout, Log: log, OnCommit: onCommit, OnStart: m.batchStarted})
 	hub := chat.NewHub(db, batcher, chat.Options{
 		Instance:        cfg.InstanceID,
 		MaxMessageBytes: cfg.MaxMessageBytes,
@@ -360,6 +360,13 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 	retention.Log = log
 	loops.Go(func() { retention.Run(loopCtx) }) // retention.go
 	loops.Go(func() { hooks.run(loopCtx) })
+	if cfg.PprofAddr != "" {
+		loops.Go(func() {
+			if err := servePprof(loopCtx, cfg.PprofAddr, log); err != nil {
+				log.Warn("profiling off", "err", err)
+			}
+		})
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("listening", "addr", ln.Addr().String(), "auth", authMode(cfg))

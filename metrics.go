@@ -34,6 +34,7 @@ type metrics struct {
 	gapFetches         prometheus.Counter
 	slowConsumers      prometheus.Counter
 	disconnects        *prometheus.CounterVec
+	stages             stageMetrics
 
 	listens atomic.Int64 // successful LISTENs so far
 
@@ -44,6 +45,36 @@ var _ chat.Metrics = (*metrics)(nil)
 
 // latencyBuckets go from 0.5 ms to about 16 s.
 var latencyBuckets = prometheus.ExponentialBuckets(0.0005, 2, 16)
+
+// stageBuckets go from 50 µs to about 13 s: some stages take microseconds.
+var stageBuckets = prometheus.ExponentialBuckets(0.00005, 2, 19)
+
+// stageMetrics time the stages of one message's path, in
+// pgchat_stage_seconds{stage}: batch_wait (a send handed to the batcher
+// until its transaction starts), commit (that transaction), notify (the
+// room row's lock in the sending transaction until this instance's
+// listener has the notification), fanout (the hub queueing it for the
+// local members) and write (queued until written to a member's socket).
+// docs/performance.md reads them.
+type stageMetrics struct {
+	batchWait, commit, notify, fanout, write prometheus.Observer
+}
+
+func newStageMetrics(reg prometheus.Registerer) stageMetrics {
+	vec := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "pgchat_stage_seconds",
+		Help:    "Time per stage of a message's path: batch_wait (per message), commit (per transaction), notify and fanout (per notification received), write (per socket write, its oldest frame).",
+		Buckets: stageBuckets,
+	}, []string{"stage"})
+	reg.MustRegister(vec)
+	return stageMetrics{
+		batchWait: vec.WithLabelValues("batch_wait"),
+		commit:    vec.WithLabelValues("commit"),
+		notify:    vec.WithLabelValues("notify"),
+		fanout:    vec.WithLabelValues("fanout"),
+		write:     vec.WithLabelValues("write"),
+	}
+}
 
 func newMetrics() *metrics {
 	m := &metrics{
@@ -117,6 +148,7 @@ func newMetrics() *metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	m.presenceMetrics = newPresenceMetrics(m.reg)
+	m.stages = newStageMetrics(m.reg)
 	return m
 }
 
@@ -128,17 +160,24 @@ func (m *metrics) handler(next http.Handler) http.Handler {
 	return mux
 }
 
-func (m *metrics) Connections(delta int)    { m.connections.Add(float64(delta)) }
-func (m *metrics) Memberships(delta int)    { m.memberships.Add(float64(delta)) }
-func (m *metrics) Delivered(n int)          { m.delivered.Add(float64(n)) }
-func (m *metrics) Fanout(lag time.Duration) { m.deliverySeconds.Observe(lag.Seconds()) }
-func (m *metrics) GapFetch()                { m.gapFetches.Inc() }
-func (m *metrics) SlowConsumer()            { m.slowConsumers.Inc() }
-func (m *metrics) Disconnect(cause string)  { m.disconnects.WithLabelValues(cause).Inc() }
+func (m *metrics) Connections(delta int)        { m.connections.Add(float64(delta)) }
+func (m *metrics) Memberships(delta int)        { m.memberships.Add(float64(delta)) }
+func (m *metrics) Delivered(n int)              { m.delivered.Add(float64(n)) }
+func (m *metrics) Fanout(lag time.Duration)     { m.deliverySeconds.Observe(lag.Seconds()) }
+func (m *metrics) Notified(lag time.Duration)   { m.stages.notify.Observe(lag.Seconds()) }
+func (m *metrics) FannedOut(took time.Duration) { m.stages.fanout.Observe(took.Seconds()) }
+func (m *metrics) Written(waited time.Duration) { m.stages.write.Observe(waited.Seconds()) }
+
+// batchStarted is the batcher's OnStart.
+func (m *metrics) batchStarted(waited time.Duration) { m.stages.batchWait.Observe(waited.Seconds()) }
+func (m *metrics) GapFetch()                         { m.gapFetches.Inc() }
+func (m *metrics) SlowConsumer()                     { m.slowConsumers.Inc() }
+func (m *metrics) Disconnect(cause string)           { m.disconnects.WithLabelValues(cause).Inc() }
 
 // commit is the batcher's OnCommit.
 func (m *metrics) commit(size, fresh int, took time.Duration, err error) {
 	m.commitSeconds.Observe(took.Seconds())
+	m.stages.commit.Observe(took.Seconds())
 	if err != nil {
 		m.commitFailures.Inc()
 		if store.IsNotifyQueueFull(err) {

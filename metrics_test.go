@@ -125,6 +125,29 @@ func TestMetrics(t *testing.T) {
 			m["pgchat_messages_accepted_total"], m["pgchat_messages_delivered_total"], m["pgchat_delivery_latency_seconds_count"], n, n)
 	}
 
+	// The stage histograms: app-1 batched and committed alice's sends;
+	// both instances got their notifications, fanned them out and wrote
+	// them to a socket (app-1 also wrote the acks).
+	for stage, want := range map[string]float64{"batch_wait": n, "commit": 1} {
+		series := `pgchat_stage_seconds_count{stage="` + stage + `"}`
+		if got := scrape(t, a.URL)[series]; got < want || got > n {
+			t.Errorf("app-1 %s = %v, want %v to %d", series, got, want, n)
+		}
+	}
+	for _, inst := range []*instance{a, b} {
+		for _, stage := range []string{"notify", "fanout", "write"} {
+			series := `pgchat_stage_seconds_count{stage="` + stage + `"}`
+			waitMetric(t, inst.URL, series, func(v float64) bool { return v >= 1 })
+		}
+		sums := scrape(t, inst.URL)
+		if got := sums[`pgchat_stage_seconds_sum{stage="notify"}`]; got <= 0 {
+			t.Errorf("%s notify stage sum = %v, want > 0", inst.URL, got)
+		}
+	}
+	if got := scrape(t, b.URL)[`pgchat_stage_seconds_count{stage="batch_wait"}`]; got != 0 {
+		t.Errorf("app-2 batch_wait count = %v, want 0: it sent nothing", got)
+	}
+
 	// Cut app-2's LISTEN connection: it reconnects and catches its room up
 	// from the table.
 	conn := dbConn(t, db)

@@ -139,6 +139,7 @@ func NewHub(db *store.DB, b *store.Batcher, opts Options) *Hub {
 			PingInterval: opts.PingInterval,
 			WriteTimeout: opts.WriteTimeout,
 			MaxQueued:    opts.SendBuffer,
+			OnWrite:      opts.Metrics.Written,
 		}),
 		catchUps: newSlots(opts.MaxCatchUps),
 		history:  newSlots(opts.MaxHistoryReads),
@@ -185,13 +186,20 @@ func (h *Hub) Run(ctx context.Context) {
 // Deliver hands the hub one notification payload. It never blocks on a
 // client: a client whose queue is full is disconnected instead.
 func (h *Hub) Deliver(payload string) {
+	start := time.Now()
 	n, err := store.DecodeNotification(payload)
 	if err != nil {
 		h.log.Warn("ignoring notification", "err", err)
 		return
 	}
+	if len(n.Messages) > 0 {
+		h.opts.Metrics.Notified(start.Sub(n.Messages[0].Time))
+	}
 	h.mu.Lock()
-	defer h.mu.Unlock()
+	defer func() {
+		h.mu.Unlock()
+		h.opts.Metrics.FannedOut(time.Since(start))
+	}()
 	r := h.rooms[n.Room]
 	if r == nil {
 		return

@@ -18,6 +18,17 @@ type Metrics interface {
 	// Fanout reports one message fanned out to the room's local members,
 	// lag after the database stored it.
 	Fanout(lag time.Duration)
+	// Notified reports one notification handed to the hub by the
+	// listener, lag after the database timestamp of its first message
+	// (taken when the sending transaction locked the room): the rest of
+	// that transaction, PostgreSQL's notification queue and the listener.
+	Notified(lag time.Duration)
+	// FannedOut reports how long the hub took to queue one notification's
+	// messages for the room's local members, its lock included.
+	FannedOut(took time.Duration)
+	// Written reports one socket write of queued frames, waited after the
+	// oldest of them was queued.
+	Written(waited time.Duration)
 	// GapFetch counts one read of missed messages from the table.
 	GapFetch()
 	// SlowConsumer counts one client disconnected because its queue was
@@ -34,10 +45,13 @@ type Metrics interface {
 // nopMetrics is the Metrics used when Options.Metrics is nil.
 type nopMetrics struct{}
 
-func (nopMetrics) Connections(int)      {}
-func (nopMetrics) Memberships(int)      {}
-func (nopMetrics) Delivered(int)        {}
-func (nopMetrics) Fanout(time.Duration) {}
-func (nopMetrics) GapFetch()            {}
-func (nopMetrics) SlowConsumer()        {}
-func (nopMetrics) Disconnect(string)    {}
+func (nopMetrics) Connections(int)         {}
+func (nopMetrics) Memberships(int)         {}
+func (nopMetrics) Delivered(int)           {}
+func (nopMetrics) Fanout(time.Duration)    {}
+func (nopMetrics) Notified(time.Duration)  {}
+func (nopMetrics) FannedOut(time.Duration) {}
+func (nopMetrics) Written(time.Duration)   {}
+func (nopMetrics) GapFetch()               {}
+func (nopMetrics) SlowConsumer()           {}
+func (nopMetrics) Disconnect(string)       {}

@@ -19,6 +19,7 @@ type Batcher struct {
 	timeout  time.Duration
 	log      *slog.Logger
 	onCommit func(size, fresh int, took time.Duration, err error)
+	onStart  func(waited time.Duration)
 	queue    chan appendRequest
 	stopped  chan struct{}
 }
@@ -26,6 +27,7 @@ type Batcher struct {
 type appendRequest struct {
 	msg  NewMessage
 	done func(Result, error)
+	at   time.Time // when Submit was called
 }
 
 // BatcherOptions configures a Batcher. Zero values pick the defaults.
@@ -38,6 +40,10 @@ type BatcherOptions struct {
 	// messages, how many of them were new (not resent refs), how long it
 	// took and its error. It runs on the batcher's goroutine: keep it cheap.
 	OnCommit func(size, fresh int, took time.Duration, err error)
+	// OnStart, if set, is called for each message as its transaction
+	// starts, with how long it waited since Submit. It runs on the
+	// batcher's goroutine: keep it cheap.
+	OnStart func(waited time.Duration)
 }
 
 // NewBatcher returns a Batcher appending to db. Start it with Run.
@@ -60,6 +66,7 @@ func NewBatcher(db *DB, opts BatcherOptions) *Batcher {
 		timeout:  opts.Timeout,
 		log:      opts.Log,
 		onCommit: opts.OnCommit,
+		onStart:  opts.OnStart,
 		queue:    make(chan appendRequest, opts.Queue),
 		stopped:  make(chan struct{}),
 	}
@@ -72,7 +79,7 @@ func NewBatcher(db *DB, opts BatcherOptions) *Batcher {
 // (done is then not called).
 func (b *Batcher) Submit(ctx context.Context, m NewMessage, done func(Result, error)) error {
 	select {
-	case b.queue <- appendRequest{m, done}:
+	case b.queue <- appendRequest{m, done, time.Now()}:
 		return nil
 	case <-b.stopped:
 		return ErrStopped
@@ -133,6 +140,11 @@ func (b *Batcher) commit(ctx context.Context, batch []appendRequest) {
 		msgs[i] = req.msg
 	}
 	start := time.Now()
+	if b.onStart != nil {
+		for _, req := range batch {
+			b.onStart(start.Sub(req.at))
+		}
+	}
 	results, err := b.db.Append(ctx, msgs)
 	if b.onCommit != nil {
 		fresh := 0

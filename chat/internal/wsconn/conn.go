@@ -83,6 +83,7 @@ type Conn struct {
 	queue      [][]byte // text frames' payloads waiting for the writer
 	spare      [][]byte // the last queue written, reused
 	queued     int      // bytes in queue
+	queuedAt   int64    // mono: when the oldest frame in queue was queued
 	pong       []byte   // payload of the latest ping to answer; nil: none
 	pingDue    bool     // a keepalive ping to write
 	space      chan struct{}
@@ -146,6 +147,9 @@ func (c *Conn) Queue(p []byte) bool {
 	if c.queued+len(p) > c.set.opts.MaxQueued {
 		return false
 	}
+	if len(c.queue) == 0 && c.set.opts.OnWrite != nil {
+		c.queuedAt = mono(time.Now())
+	}
 	c.queue = append(c.queue, p)
 	c.queued += len(p)
 	c.kickLocked()
@@ -204,7 +208,7 @@ func (c *Conn) startClosingLocked(end End, flush bool) {
 	c.cancel()
 	if !flush {
 		clear(c.queue)
-		c.queue, c.queued = c.queue[:0], 0
+		c.queue, c.queued, c.queuedAt = c.queue[:0], 0, 0
 	}
 	c.kickLocked()
 	c.resumeLocked() // a parked reader waits for the peer's close frame now
@@ -267,8 +271,8 @@ func (c *Conn) writeLoop() {
 		c.mu.Lock()
 		pong, ping := c.pong, c.pingDue
 		c.pong, c.pingDue = nil, false
-		frames := c.queue
-		c.queue, c.spare, c.queued = c.spare, nil, 0
+		frames, queuedAt := c.queue, c.queuedAt
+		c.queue, c.spare, c.queued, c.queuedAt = c.spare, nil, 0, 0
 		select {
 		case c.space <- struct{}{}:
 		default:
@@ -289,6 +293,9 @@ func (c *Conn) writeLoop() {
 		}
 		c.mu.Unlock()
 		err := c.writeBatch(frames, pong, ping)
+		if err == nil && queuedAt != 0 && c.set.opts.OnWrite != nil {
+			c.set.opts.OnWrite(time.Duration(mono(time.Now()) - queuedAt))
+		}
 		clear(frames) // don't keep the frames alive
 		c.mu.Lock()
 		c.spare = frames[:0]

@@ -27,6 +27,10 @@ type Options struct {
 	// MaxFragments is how many frames one message may span; more: close
 	// 1008 (128).
 	MaxFragments int
+	// OnWrite, if set, is called after each socket write of queued frames
+	// with how long the oldest of them waited since Queue. It runs on the
+	// connection's writer: keep it cheap.
+	OnWrite func(waited time.Duration)
 }
 
 func (o *Options) setDefaults() {
