@@ -109,7 +109,8 @@ Runs the scale-out demo without Docker: n pgchat instances as processes and
 HAProxy (haproxy.cfg with static servers) in front of them. Ctrl-C stops
 everything. The database is DATABASE_URL if set, else the local server at
 the default URL if it answers, else a private throwaway cluster (needs the
-PostgreSQL server programs: initdb and postgres).
+PostgreSQL server programs: initdb and postgres). The instances inherit the
+environment; with PPROF_ADDR=host:port, instance i profiles on port+i-1.
 
 `)
 		fs.PrintDefaults()
@@ -170,6 +171,9 @@ PostgreSQL server programs: initdb and postgres).
 			// HAProxy retries a refused upgrade elsewhere (retry-on 503)
 			// and stops first on Ctrl-C: a short delay is enough here.
 			cmd.Env = append(cmd.Env, "DRAIN_DELAY=2s")
+		}
+		if addr, ok := pprofAddr(vars["PPROF_ADDR"], i); ok {
+			cmd.Env = append(cmd.Env, "PPROF_ADDR="+addr)
 		}
 		app, err := cl.start(name, cmd, nil)
 		if err != nil {
@@ -484,4 +488,18 @@ func (p *prefixWriter) flush() {
 		p.w.Write(append(append([]byte(p.prefix), p.buf...), '\n'))
 		p.buf = nil
 	}
+}
+
+// pprofAddr gives instance i (from 1) its own profiling address when
+// PPROF_ADDR is host:port: the port plus i-1.
+func pprofAddr(addr string, i int) (string, bool) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", false
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "", false
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p+i-1)), true
 }
