@@ -3,6 +3,7 @@ package store
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -45,6 +46,20 @@ func (db *DB) Append(ctx context.Context, msgs []NewMessage) (results []Result, 
 	}
 	slices.Sort(rooms)
 	rooms = slices.Compact(rooms)
+
+	// Most batches have no resent ref: append them in one round trip. A
+	// ref stored before makes the fast path fail on the unique index, and
+	// the batch is appended again the careful way.
+	results, err = db.appendFast(ctx, conn.Conn(), msgs, rooms)
+	switch {
+	case err == nil:
+		return results, nil
+	case !errors.Is(err, errRefStored):
+		return nil, err
+	}
+	if _, err := conn.Exec(ctx, "rollback"); err != nil {
+		return nil, fmt.Errorf("append: roll back: %w", err)
+	}
 
 	// Round trip 1: begin, create missing rooms, lock the rooms, find refs
 	// stored before. The ref lookup runs after the locks are granted, so it

@@ -721,3 +721,89 @@ func TestAppendAwkwardBodies(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendNotificationsFromTheDatabase checks the notifications the
+// database completes (seq and ts) in a big batch over rooms with awkward
+// names: each fits the limit, takes the fast decoder and says exactly what
+// was stored, times included, in seq order per room.
+func TestAppendNotificationsFromTheDatabase(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	url := storetest.NewDB(t)
+	db := open(t, url, `app "1" é`)
+	payloads := listen(t, url, 1000)
+
+	rooms := []string{`quote " room`, "中文 😀", "plain", `back\slash`}
+	var in []store.NewMessage
+	for i := range 700 {
+		body := strings.Repeat("x", i%300) + " <&> \n" + strconv.Itoa(i)
+		if i%97 == 0 {
+			body = strings.Repeat("é", 3990) // a stub
+		}
+		m := store.NewMessage{Room: rooms[i%len(rooms)], Author: "alice", Body: body}
+		if i%3 == 0 {
+			m.Ref = "ref-" + strconv.Itoa(i)
+		}
+		in = append(in, m)
+	}
+	in = append(in, in[3]) // a repeat within the batch: stored once
+	res, err := db.Append(ctx, in)
+	if err != nil {
+		t.Fatalf("Append: %v", err)
+	}
+	if !res[len(res)-1].Duplicate || res[len(res)-1].Seq != res[3].Seq {
+		t.Errorf("repeated ref: result %+v, want a duplicate of seq %d", res[len(res)-1], res[3].Seq)
+	}
+
+	stored := map[string][]store.Message{}
+	for _, room := range rooms {
+		msgs, err := db.Since(ctx, room, 0, 1000)
+		if err != nil {
+			t.Fatalf("Since: %v", err)
+		}
+		stored[room] = msgs
+	}
+	for i, r := range res[:len(res)-1] {
+		want := stored[r.Room][r.Seq-1]
+		if !sameMessage(r.Message, want) || !r.Time.Equal(want.Time) {
+			t.Errorf("result %d = %+v, stored %+v", i, r.Message, want)
+		}
+	}
+
+	last := map[string]int64{}
+	for total := 0; total < 700; {
+		var p string
+		select {
+		case p = <-payloads:
+		case <-ctx.Done():
+			t.Fatalf("notified %d of 700 messages", total)
+		}
+		if len(p) >= 8000 {
+			t.Errorf("payload is %d bytes, want < 8000", len(p))
+		}
+		note, ok := store.DecodeFast(p)
+		if !ok {
+			t.Fatalf("the fast decoder refuses %.200q", p)
+		}
+		seq := last[note.Room]
+		for _, m := range note.Messages {
+			if m.Seq <= seq {
+				t.Errorf("room %q: seq %d notified after %d", note.Room, m.Seq, seq)
+			}
+			want := stored[note.Room][m.Seq-1]
+			want.Ref = "" // notifications leave refs out
+			if !sameMessage(m, want) || !m.Time.Equal(want.Time) {
+				t.Errorf("notified %+v, stored %+v", m, want)
+			}
+			seq = m.Seq
+		}
+		total += int(note.Last - last[note.Room])
+		last[note.Room] = note.Last
+	}
+	for _, room := range rooms {
+		if last[room] != int64(len(stored[room])) {
+			t.Errorf("room %q: notified up to %d, stored %d", room, last[room], len(stored[room]))
+		}
+	}
+}
