@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -111,6 +112,7 @@ everything. The database is DATABASE_URL if set, else the local server at
 the default URL if it answers, else a private throwaway cluster (needs the
 PostgreSQL server programs: initdb and postgres). The instances inherit the
 environment; with PPROF_ADDR=host:port, instance i profiles on port+i-1.
+Unless GOMAXPROCS is set, each gets GOMAXPROCS = cores / n (at least 1).
 
 `)
 		fs.PrintDefaults()
@@ -171,6 +173,11 @@ environment; with PPROF_ADDR=host:port, instance i profiles on port+i-1.
 			// HAProxy retries a refused upgrade elsewhere (retry-on 503)
 			// and stops first on Ctrl-C: a short delay is enough here.
 			cmd.Env = append(cmd.Env, "DRAIN_DELAY=2s")
+		}
+		if vars["GOMAXPROCS"] == "" {
+			// The instances share this machine's cores: each one
+			// scheduling goroutines on all of them only adds contention.
+			cmd.Env = append(cmd.Env, "GOMAXPROCS="+strconv.Itoa(max(1, runtime.NumCPU() / *n)))
 		}
 		if addr, ok := pprofAddr(vars["PPROF_ADDR"], i); ok {
 			cmd.Env = append(cmd.Env, "PPROF_ADDR="+addr)
