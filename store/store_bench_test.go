@@ -23,6 +23,7 @@ func BenchmarkAppend(b *testing.B) {
 		{"one", 1, 1},
 		{"batch100", 100, 1},
 		{"batch100_10rooms", 100, 10},
+		{"batch500_100rooms", 500, 100}, // the durable ingest scenario's batches
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			db := open(b, storetest.NewDB(b), "bench")
