@@ -98,17 +98,44 @@ type presenceRoom struct {
 	conns  map[*client]struct{}           // local connections that got the snapshot
 
 	// Since the last diff:
-	touched    map[string]bool       // authors whose presence changed → present at the last diff
+	touched    map[string]*touch     // authors whose presence changed
+	changes    uint64                // presence changes so far: numbers them
 	shownCount int                   // count at the last diff
 	fresh      map[*client]*snapshot // connections whose snapshot came after the last diff
 	receipts   map[string]int64      // author → newest read seq to announce
 }
 
-// snapshot is what a connection was shown when it joined, as far as it
-// differs from what the others were shown at the last diff.
+// touch is one author's presence since the last diff: what it was then,
+// and each change after it, numbered by presenceRoom.changes.
+type touch struct {
+	was bool
+	log []presenceChange
+}
+
+type presenceChange struct {
+	n       uint64
+	present bool
+}
+
+// shownAt is the author's presence after change n (as a snapshot taken
+// then showed it).
+func (t *touch) shownAt(n uint64) bool {
+	v := t.was
+	for _, c := range t.log {
+		if c.n > n {
+			break
+		}
+		v = c.present
+	}
+	return v
+}
+
+// snapshot is what a connection was shown when it joined: the count and
+// the room's presence as of change number changes. It costs the same
+// whatever the room's size, so a join storm stays linear.
 type snapshot struct {
 	count   int
-	present map[string]bool // authors touched by then → present in the snapshot
+	changes uint64
 }
 
 func newPresence(h *Hub) *presence {
@@ -153,7 +180,7 @@ func (p *presence) room(name string) *presenceRoom {
 			local:    make(map[string]int),
 			remote:   make(map[string]map[string]struct{}),
 			conns:    make(map[*client]struct{}),
-			touched:  make(map[string]bool),
+			touched:  make(map[string]*touch),
 			fresh:    make(map[*client]*snapshot),
 			receipts: make(map[string]int64),
 		}
@@ -175,9 +202,13 @@ func (r *presenceRoom) change(author string, mutate func()) {
 	if before == after {
 		return
 	}
-	if _, ok := r.touched[author]; !ok {
-		r.touched[author] = before
+	t := r.touched[author]
+	if t == nil {
+		t = &touch{was: before}
+		r.touched[author] = t
 	}
+	r.changes++
+	t.log = append(t.log, presenceChange{r.changes, after})
 	if after {
 		r.count++
 	} else {
@@ -237,11 +268,7 @@ func (p *presence) joined(c *client, name string) {
 	if r.local[c.author] == 1 {
 		p.touchedLocal[roomAuthor{name, c.author}] = struct{}{}
 	}
-	s := &snapshot{count: r.count, present: make(map[string]bool, len(r.touched))}
-	for a := range r.touched {
-		s.present[a] = r.present(a)
-	}
-	r.fresh[c] = s
+	r.fresh[c] = &snapshot{count: r.count, changes: r.changes}
 	frame := p.snapshotFrame(name, r)
 	p.mu.Unlock()
 	c.send(frame)
@@ -481,7 +508,7 @@ func (p *presence) roomFrames(name string, r *presenceRoom, out []outgoing) ([]o
 	for c := range r.conns {
 		var frame []byte
 		if s := r.fresh[c]; s != nil {
-			frame = p.diffFrame(name, r, s.count, s.present)
+			frame = p.diffFrame(name, r, s.count, s)
 		} else {
 			if !commonDone {
 				common, commonDone = p.diffFrame(name, r, r.shownCount, nil), true
@@ -504,11 +531,11 @@ func (p *presence) roomFrames(name string, r *presenceRoom, out []outgoing) ([]o
 }
 
 // diffFrame is the frame that takes a connection from what it was shown
-// (sawCount members; for authors in shown, shown's value, for the other
-// touched ones their value at the last diff) to the room now, or nil if
+// (sawCount members, and each touched author as of shown's change, or at
+// the last diff if shown is nil) to the room now, or nil if
 // there is no change. A room over the list limit gets counts only; a room
 // back under it, a new snapshot.
-func (p *presence) diffFrame(name string, r *presenceRoom, sawCount int, shown map[string]bool) []byte {
+func (p *presence) diffFrame(name string, r *presenceRoom, sawCount int, shown *snapshot) []byte {
 	sawList := sawCount <= p.listLimit
 	if r.count > p.listLimit {
 		if r.count == sawCount && !sawList {
@@ -521,9 +548,10 @@ func (p *presence) diffFrame(name string, r *presenceRoom, sawCount int, shown m
 		return p.snapshotFrame(name, r)
 	}
 	joins, leaves := []string{}, []string{}
-	for a, was := range r.touched {
-		if v, ok := shown[a]; ok {
-			was = v
+	for a, t := range r.touched {
+		was := t.was
+		if shown != nil {
+			was = t.shownAt(shown.changes)
 		}
 		switch now := r.present(a); {
 		case now && !was:
