@@ -81,11 +81,12 @@ func (db *DB) Search(ctx context.Context, q SearchQuery) ([]Hit, error) {
 	// the matches are: walking on would read about need×window/found rows,
 	// finding every match below with the GIN index and sorting them costs
 	// about found×rest/window heap fetches of this room's matches, plus
-	// those of other rooms, each some 20 times a walked row
-	// (docs/performance.md, "Query latency on 2,000,000 messages"). Dense
-	// matches are walked, for 3 times the rows expected; sparse ones, and
-	// whatever the walk did not reach, are found and sorted, so that a word
-	// common elsewhere but rare here never walks the whole room.
+	// those of other rooms (counted as as many again), each some 20 times
+	// a walked row: a factor of 40 (docs/performance.md, "Query latency on
+	// 2,000,000 messages"). Dense matches are walked, for 3 times the rows
+	// expected; sparse ones, and whatever the walk did not reach, are found
+	// and sorted, so that a word common elsewhere but rare here never walks
+	// the whole room.
 	lo := max(0, hi-searchWindow)
 	hits, err := db.searchFill(ctx, room, q.Text, lo, hi, q.Limit, true)
 	if err != nil || len(hits) >= q.Limit || lo <= 0 {
