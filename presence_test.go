@@ -27,6 +27,7 @@ type pframe struct {
 	Read     *int64   `json:"read"`
 	Unread   *int64   `json:"unread"`
 	Code     string   `json:"code"`
+	Ref      string   `json:"ref"`
 	raw      string
 }
 
@@ -359,7 +360,15 @@ func TestTypingAcrossInstances(t *testing.T) {
 		alice.write(map[string]any{"type": "typing", "room": room})
 	}
 	alice2.write(map[string]any{"type": "typing", "room": room}) // the same author elsewhere: throttled too
-	// carol's typing leaves a after alice's: it marks the end.
+	// carol is on alice's instance, and alice's typing reaches her first.
+	// Frames of different connections are handled in no set order, so
+	// carol types only once alice's typing has reached her: then it leaves
+	// a after alice's (or after alice2's, which a has already seen) and
+	// marks the end for the others.
+	got := carol.until(func(f pframe) bool { return f.Type == "typing" }, nil)
+	if got.Author != "alice" {
+		t.Fatalf("carol got %s first, want alice's typing", got.raw)
+	}
 	carol.write(map[string]any{"type": "typing", "room": room})
 
 	check := func(who string, c *wsClient, want int) {
@@ -380,11 +389,13 @@ func TestTypingAcrossInstances(t *testing.T) {
 	check("bob (b)", bob, 1)
 	check("dan (c)", dan, 1)
 	check("alice (c)", alice2, 0)
-	// carol is on alice's instance, and is the marker's author herself.
-	got := carol.until(func(f pframe) bool { return f.Type == "typing" }, nil)
-	if got.Author != "alice" {
-		t.Fatalf("carol got %s first, want alice's typing", got.raw)
-	}
+	// carol got alice's typing once, and not her own.
+	carol.write(map[string]any{"type": "typing", "room": "elsewhere", "ref": "t0"})
+	carol.until(func(f pframe) bool { return f.Type == "error" && f.Ref == "t0" }, func(f pframe) {
+		if f.Type == "typing" {
+			t.Fatalf("carol got %s after alice's typing, want none", f.raw)
+		}
+	})
 
 	// Typing in a room not joined: not_joined, and the connection stays.
 	bob.write(map[string]any{"type": "typing", "room": "elsewhere", "ref": "t1"})
