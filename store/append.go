@@ -72,7 +72,7 @@ func (db *DB) Append(ctx context.Context, msgs []NewMessage) (results []Result, 
 	}
 	b := &pgx.Batch{}
 	b.Queue("begin")
-	b.Queue(`insert into rooms (name) select unnest($1::text[]) on conflict do nothing`, rooms)
+	b.Queue(createRoomsSQL, rooms)
 	b.Queue(`select name, last_seq, clock_timestamp() from rooms where name = any($1) order by name for update`, rooms)
 	if len(keyRefs) > 0 {
 		b.Queue(`
@@ -180,6 +180,9 @@ func (db *DB) Append(ctx context.Context, msgs []NewMessage) (results []Result, 
 	}
 	return results, nil
 }
+
+// createRoomsSQL creates the rooms $1 that do not exist yet.
+const createRoomsSQL = `insert into rooms (name) select unnest($1::text[]) on conflict do nothing`
 
 type refKey struct{ room, author, ref string }
 

@@ -95,7 +95,7 @@ func (db *DB) appendFast(ctx context.Context, conn *pgx.Conn, msgs []NewMessage,
 
 	b := &pgx.Batch{}
 	b.Queue("begin")
-	b.Queue(`insert into rooms (name) select unnest($1::text[]) on conflict do nothing`, rooms)
+	b.Queue(createRoomsSQL, rooms)
 	b.Queue(appendFastSQL, rooms, roomCol, positions, authors, bodies, refs, db.instance, roomCounts, tails, chunks, Channel)
 	b.Queue("commit")
 	br := conn.SendBatch(ctx, b)
@@ -183,14 +183,13 @@ func notificationTails(msgs []NewMessage, fresh []int, instance string) ([]strin
 	for _, k := range order {
 		m := msgs[fresh[k]]
 		tail := encodeTail(notifiedMessage{Author: m.Author, Body: m.Body, Instance: instance})
-		head := len(m.Room)*6 + 32 // {"room":"...","msgs":[ with worst-case escaping
-		if head+entryHeadBytes+len(tail)+2 > maxPayload {
+		if !fitsAlone(m.Room, entryHeadBytes+len(tail)) {
 			tail = `,"stub":true}`
 		}
 		size := entryHeadBytes + len(tail)
-		if entries == 0 || m.Room != room || used+size+3 > maxPayload {
+		if entries == 0 || m.Room != room || !fitsAfter(used, size) {
 			chunk++
-			room, used, entries = m.Room, head, 0
+			room, used, entries = m.Room, payloadHead(m.Room), 0
 		}
 		used += size + 1
 		entries++

@@ -33,6 +33,18 @@ type notifiedMessage struct {
 	Emoji  string `json:"emoji,omitempty"`
 }
 
+// payloadHead bounds a payload's {"room":"…","msgs":[ for room, its name
+// escaped at worst.
+func payloadHead(room string) int { return len(room)*6 + 32 }
+
+// fitsAlone reports whether an entry of n bytes for room fits a payload of
+// its own; a message whose entry does not is announced as a stub.
+func fitsAlone(room string, n int) bool { return payloadHead(room)+n+2 <= maxPayload }
+
+// fitsAfter reports whether an entry of n bytes still fits a payload of
+// used bytes, its comma and the closing ]} included.
+func fitsAfter(used, n int) bool { return used+n+3 <= maxPayload }
+
 // EncodeNotifications packs msgs, sorted by room then seq, into as few
 // payloads as fit the NOTIFY size limit. Each payload is about one room and
 // payloads keep seq order, so a listener sees each room's messages in order.
@@ -52,11 +64,10 @@ func EncodeNotifications(msgs []Message) []string {
 	for _, m := range msgs {
 		entry, _ := json.Marshal(notifiedMessage{Seq: m.Seq, Author: m.Author, Body: m.Body, Time: m.Time, Instance: m.Instance,
 			Kind: m.Kind, Target: m.Target, Emoji: m.Emoji})
-		head := len(m.Room)*6 + 32 // {"room":"...","msgs":[ with worst-case escaping
-		if head+len(entry)+2 > maxPayload {
+		if !fitsAlone(m.Room, len(entry)) {
 			entry, _ = json.Marshal(notifiedMessage{Seq: m.Seq, Stub: true})
 		}
-		if m.Room != room || len(buf)+len(entry)+3 > maxPayload {
+		if m.Room != room || !fitsAfter(len(buf), len(entry)) {
 			flush()
 			room = m.Room
 		}
