@@ -154,7 +154,7 @@ func (db *DB) ApplyRetention(ctx context.Context, maxAge time.Duration, maxMessa
 	for _, p := range policies {
 		for p.floor > 0 {
 			start := time.Now()
-			n, locked, err := db.deleteExpired(ctx, p.room, p.floor, nil, batch)
+			n, locked, err := db.deleteBelow(ctx, p.room, p.floor, batch)
 			deleted += n
 			if err != nil {
 				return deleted, err
@@ -173,91 +173,97 @@ func (db *DB) ApplyRetention(ctx context.Context, maxAge time.Duration, maxMessa
 	return deleted, nil
 }
 
+// inRetentionBatch runs one batch of deletions in a transaction of its
+// own, holding the retention lock (one instance at a time) and the search
+// step lock shared (searchindex.go). It reports false, having done
+// nothing, if another instance holds the retention lock.
+func (db *DB) inRetentionBatch(ctx context.Context, batch func(pgx.Tx) error) (locked bool, err error) {
+	tx, err := db.pool.Begin(ctx)
+	if err != nil {
+		return false, fmt.Errorf("retention: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if err := tx.QueryRow(ctx, `select pg_try_advisory_xact_lock(hashtext('pgchat retention'))`).Scan(&locked); err != nil || !locked {
+		return false, err
+	}
+	if _, err := tx.Exec(ctx, `select pg_advisory_xact_lock_shared(`+searchStepLock+`)`); err != nil {
+		return true, fmt.Errorf("retention: %w", err)
+	}
+	if err := batch(tx); err != nil {
+		return true, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return true, fmt.Errorf("retention: commit: %w", err)
+	}
+	return true, nil
+}
+
 // deleteAged deletes the batch oldest messages, from from on, of the rooms
 // in rooms created before their cutoff (cutoffs[i] is rooms[i]'s; latest is
 // the latest of them), and returns when the newest of them was created:
 // the next batch starts there.
 func (db *DB) deleteAged(ctx context.Context, rooms []string, cutoffs []time.Time, from, latest time.Time, batch int) (deleted int64, last time.Time, locked bool, err error) {
-	tx, err := db.pool.Begin(ctx)
-	if err != nil {
-		return 0, last, false, fmt.Errorf("retention: %w", err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
-	if err := tx.QueryRow(ctx, `select pg_try_advisory_xact_lock(hashtext('pgchat retention'))`).Scan(&locked); err != nil || !locked {
-		return 0, last, false, err
-	}
-	if _, err := tx.Exec(ctx, `select pg_advisory_xact_lock_shared(`+searchStepLock+`)`); err != nil {
-		return 0, last, true, fmt.Errorf("retention: %w", err)
-	}
-	// The oldest first, through messages_created_at; a room's cutoff is
-	// looked up in the arrays (null for a room without one: kept).
-	var newest *time.Time
-	err = tx.QueryRow(ctx, `
-		with oldest as (
-			select room, seq from messages
-			where created_at >= $3 and created_at < $4
-			  and created_at < ($2::timestamptz[])[array_position($1::text[], room)]
-			order by created_at
-			limit $5
-		), gone as (
-			delete from messages m
-			using oldest o
-			where m.room = o.room and m.seq = o.seq
-			returning m.room, m.seq, m.created_at
-		), unindexed as (
-			delete from message_search s using gone where s.room = gone.room and s.seq = gone.seq
-		)
-		select count(*), max(created_at) from gone`,
-		rooms, cutoffs, from, latest, batch).Scan(&deleted, &newest)
-	if err != nil {
-		return 0, last, true, fmt.Errorf("retention: delete by age: %w", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return 0, last, true, fmt.Errorf("retention: commit: %w", err)
-	}
-	if newest != nil {
-		last = *newest
+	locked, err = db.inRetentionBatch(ctx, func(tx pgx.Tx) error {
+		// The oldest first, through messages_created_at; a room's cutoff
+		// is looked up in the arrays (null for a room without one: kept).
+		var newest *time.Time
+		err := tx.QueryRow(ctx, `
+			with oldest as (
+				select room, seq from messages
+				where created_at >= $3 and created_at < $4
+				  and created_at < ($2::timestamptz[])[array_position($1::text[], room)]
+				order by created_at
+				limit $5
+			), gone as (
+				delete from messages m
+				using oldest o
+				where m.room = o.room and m.seq = o.seq
+				returning m.room, m.seq, m.created_at
+			), unindexed as (
+				delete from message_search s using gone where s.room = gone.room and s.seq = gone.seq
+			)
+			select count(*), max(created_at) from gone`,
+			rooms, cutoffs, from, latest, batch).Scan(&deleted, &newest)
+		if err != nil {
+			return fmt.Errorf("retention: delete by age: %w", err)
+		}
+		if newest != nil {
+			last = *newest
+		}
+		return nil
+	})
+	if err != nil || !locked {
+		return 0, time.Time{}, locked, err
 	}
 	return deleted, last, true, nil
 }
 
-// deleteExpired deletes the expired ones among the room's batch oldest
-// rows. Seqs and times grow together in a room, so once the oldest rows
-// are not expired, none is.
-func (db *DB) deleteExpired(ctx context.Context, room string, floor int64, cutoff *time.Time, batch int) (deleted int64, locked bool, err error) {
-	tx, err := db.pool.Begin(ctx)
-	if err != nil {
-		return 0, false, fmt.Errorf("retention: %w", err)
+// deleteBelow deletes the room's seqs up to floor among its batch oldest
+// rows.
+func (db *DB) deleteBelow(ctx context.Context, room string, floor int64, batch int) (deleted int64, locked bool, err error) {
+	locked, err = db.inRetentionBatch(ctx, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `
+			with oldest as (
+				select seq from messages where room = $1 order by seq limit $3
+			), gone as (
+				delete from messages m
+				using oldest o
+				where m.room = $1 and m.seq = o.seq and o.seq <= $2
+				returning m.seq
+			), unindexed as (
+				delete from message_search s using gone where s.room = $1 and s.seq = gone.seq
+			)
+			select count(*) from gone`,
+			room, floor, batch).Scan(&deleted)
+		if err != nil {
+			return fmt.Errorf("retention: delete from %q: %w", room, err)
+		}
+		return nil
+	})
+	if err != nil || !locked {
+		return 0, locked, err
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
-	if err := tx.QueryRow(ctx, `select pg_try_advisory_xact_lock(hashtext('pgchat retention'))`).Scan(&locked); err != nil || !locked {
-		return 0, false, err
-	}
-	if _, err := tx.Exec(ctx, `select pg_advisory_xact_lock_shared(`+searchStepLock+`)`); err != nil {
-		return 0, true, fmt.Errorf("retention: %w", err)
-	}
-	var n int64
-	err = tx.QueryRow(ctx, `
-		with oldest as (
-			select seq, created_at from messages where room = $1 order by seq limit $4
-		), gone as (
-			delete from messages m
-			using oldest o
-			where m.room = $1 and m.seq = o.seq and (o.seq <= $2 or o.created_at < $3)
-			returning m.seq
-		)
-		, unindexed as (
-			delete from message_search s using gone where s.room = $1 and s.seq = gone.seq
-		)
-		select count(*) from gone`,
-		room, floor, cutoff, batch).Scan(&n)
-	if err != nil {
-		return 0, true, fmt.Errorf("retention: delete from %q: %w", room, err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return 0, true, fmt.Errorf("retention: commit: %w", err)
-	}
-	return n, true, nil
+	return deleted, true, nil
 }
 
 // OldestAge returns the age of the oldest stored message, 0 if there is
